@@ -1,0 +1,16 @@
+"""dkmeans: exact k-means (Lloyd) for arrays larger than memory, on Dask."""
+
+__version__ = "0.1.0"
+
+from dkmeans.estimator import KMeans, NotFittedError, load
+from dkmeans.io import InputNotFoundError
+from dkmeans.lloyd import ObjectiveIncreaseWarning
+
+__all__ = [
+    "InputNotFoundError",
+    "KMeans",
+    "NotFittedError",
+    "ObjectiveIncreaseWarning",
+    "__version__",
+    "load",
+]

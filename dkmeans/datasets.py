@@ -1,0 +1,68 @@
+"""Synthetic data written to Zarr block by block, so it may exceed memory."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import zarr
+
+
+def make_blobs_zarr(
+    path: str | os.PathLike,
+    *,
+    n_samples: int,
+    n_features: int,
+    n_centers: int,
+    chunk_rows: int = 250_000,
+    dtype: str = "float32",
+    cluster_std: float = 1.0,
+    center_box: float = 10.0,
+    seed: int = 0,
+) -> zarr.Array:
+    """Write Gaussian blobs to a Zarr array, one row chunk at a time.
+
+    Block ``i`` is drawn from its own generator, seeded by ``(seed, i)``, so
+    the data do not depend on how many blocks were written before and only
+    one block is ever in memory. The true centers are in
+    ``attrs["centers"]``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where to create the array (replaced if present).
+    n_samples, n_features, n_centers : int
+        Rows, columns, number of blobs.
+    chunk_rows : int
+        Rows per Zarr chunk (and per block written).
+    dtype : str
+        "float32" or "float64".
+    cluster_std : float
+        Standard deviation of each blob.
+    center_box : float
+        Blob centers are uniform in [-center_box, center_box].
+    seed : int
+        Seed of the centers and every block.
+
+    Returns
+    -------
+    zarr.Array
+    """
+    centers = np.random.default_rng(seed).uniform(
+        -center_box, center_box, size=(n_centers, n_features)
+    )
+    array = zarr.create_array(
+        store=os.fspath(path),
+        shape=(n_samples, n_features),
+        chunks=(min(chunk_rows, n_samples), n_features),
+        dtype=dtype,
+        overwrite=True,
+    )
+    for start in range(0, n_samples, chunk_rows):
+        rows = min(chunk_rows, n_samples - start)
+        rng = np.random.default_rng([seed, start // chunk_rows])
+        which = rng.integers(n_centers, size=rows)
+        block = centers[which] + rng.normal(scale=cluster_std, size=(rows, n_features))
+        array[start : start + rows] = block.astype(dtype)
+    array.attrs["centers"] = centers.tolist()
+    return array

@@ -1,0 +1,381 @@
+"""KMeans: the scikit-learn compatible front of the engine."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from dkmeans import io, kernel, lloyd, validation
+from dkmeans.init import check_random_state, initial_centers
+from dkmeans.labels import make_label_store
+
+
+class NotFittedError(ValueError, AttributeError):
+    """The estimator is used before ``fit`` (scikit-learn's convention)."""
+
+
+def _is_lazy(X: Any) -> bool:
+    """Inputs whose large answers come back as dask arrays."""
+    return isinstance(X, da.Array | zarr.Array | str | os.PathLike)
+
+
+class KMeans:
+    """Exact k-means clustering (Lloyd's algorithm) for data larger than memory.
+
+    Each iteration is one pass over the row blocks of X: a kernel assigns
+    every row to its nearest center and sums the rows of each cluster, and
+    the per-block sums are tree-reduced into the new means. X is streamed
+    from its source every pass, never loaded whole.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters, k.
+    init : {"k-means++", "random"} or array of shape (n_clusters, n_features), \
+            default="k-means++"
+        "k-means++": greedy k-means++ in memory, on all rows when X takes at
+        most 256 MiB, else on a uniform sample of ``init_sample_size`` rows.
+        "random": k distinct rows drawn uniformly (weighted by
+        ``sample_weight``). An array: the initial centers.
+    max_iter : int, default=300
+        Largest number of Lloyd iterations.
+    tol : float, default=1e-4
+        Stop when the total squared shift of the centers in one iteration is
+        at most ``tol`` times the mean variance of the features
+        (scikit-learn's meaning). The fit also stops when no label changes.
+    random_state : int, numpy Generator or RandomState, default=None
+        Seeds the initialisation.
+    split_every : int, default=8
+        Fan-in of the tree that reduces the per-block statistics. Results
+        are bitwise identical across schedulers for a fixed chunking and
+        ``split_every``.
+    label_store : {"auto", "memory", "zarr"} or path, default="auto"
+        Where labels live between passes: "memory" (a NumPy array in this
+        process), "zarr" (a Zarr array in a temporary directory), a path or
+        URL (a Zarr array there, replaced), or "auto" (memory up to 1 GiB of
+        labels, else "zarr").
+    init_sample_size : int, default=None
+        Rows k-means++ samples when X is too large to use whole (default
+        131072).
+    verbose : bool, default=False
+        Print one line per iteration.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        Final centers, in X's dtype (float32 or float64).
+    labels_ : dask.array.Array of shape (n_samples,), int32
+        Label of each row, consistent with ``cluster_centers_``; backed by
+        the label store, chunked like the rows of X.
+    inertia_ : float
+        Sum of (weighted) squared distances of the rows to their centers.
+    n_iter_ : int
+        Number of Lloyd iterations run.
+    converged_ : bool
+        Whether the fit stopped before ``max_iter``.
+    stop_reason_ : {"fixed point", "tol", "max_iter"}
+        Why it stopped.
+    history_ : list of dict
+        One record per iteration: ``iteration``, ``objective`` (of that
+        iteration's labels w.r.t. its starting centers), ``labels_changed``,
+        ``center_shift`` (total squared shift), ``reseeded`` (empty clusters
+        re-seeded) and ``seconds``.
+    n_features_in_ : int
+        Number of columns of X.
+
+    Notes
+    -----
+    ``predict``, ``transform`` and ``fit_predict`` return NumPy arrays for
+    in-memory input and lazy dask arrays for dask, Zarr or path input.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: str | np.ndarray = "k-means++",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        random_state: int | np.random.Generator | np.random.RandomState | None = None,
+        split_every: int = 8,
+        label_store: str | os.PathLike = "auto",
+        init_sample_size: int | None = None,
+        verbose: bool = False,
+    ):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.split_every = split_every
+        self.label_store = label_store
+        self.init_sample_size = init_sample_size
+        self.verbose = verbose
+
+    # -- scikit-learn estimator protocol ------------------------------------
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return [p for p in signature.parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Parameters of this estimator, by name."""
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params: Any) -> KMeans:
+        """Set parameters by name; they are validated by ``fit``."""
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"Invalid parameter {name!r} for estimator {type(self).__name__}. "
+                    f"Valid parameters are: {valid!r}."
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = inspect.signature(type(self).__init__).parameters
+        changed = []
+        for name, value in self.get_params().items():
+            default = defaults[name].default
+            if isinstance(value, np.ndarray) or (value is not default and value != default):
+                changed.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def __sklearn_tags__(self):
+        # Imported only when scikit-learn asks: it is not a dependency.
+        from sklearn.utils import Tags, TargetTags, TransformerTags
+
+        tags = Tags(
+            estimator_type="clusterer",
+            target_tags=TargetTags(required=False),
+            transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]),
+        )
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "cluster_centers_")
+
+    def _check_fitted(self) -> None:
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
+
+    # -- fitting ---------------------------------------------------------------
+
+    def fit(self, X, y=None, sample_weight=None) -> KMeans:
+        """Compute k-means clustering.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr.Array, or path/URL of a Zarr array
+            Data of shape (n_samples, n_features).
+        y : ignored
+        sample_weight : array-like or dask array of shape (n_samples,), optional
+            Non-negative weight of each row.
+
+        Returns
+        -------
+        self
+        """
+        max_iter = validation.check_positive_int(self.max_iter, "max_iter")
+        split_every = validation.check_positive_int(self.split_every, "split_every", minimum=2)
+        tol = validation.check_tol(self.tol)
+        if self.init_sample_size is not None:
+            validation.check_positive_int(self.init_sample_size, "init_sample_size")
+        rng = check_random_state(self.random_state)
+        X = io.as_dask_array(X)
+        n_samples, n_features = X.shape
+        k = validation.check_n_clusters(self.n_clusters, n_samples)
+        weights = io.as_weights(sample_weight, X)
+        store = make_label_store(self.label_store, X.chunks[0], k)
+        centers = initial_centers(
+            X, k, self.init, rng=rng, weights=weights, sample_size=self.init_sample_size
+        )
+        result = lloyd.lloyd(
+            X,
+            centers,
+            store=store,
+            weights=weights,
+            max_iter=max_iter,
+            tol=tol,
+            split_every=split_every,
+            on_iteration=_print_record if self.verbose else None,
+        )
+        self.cluster_centers_ = result.centers
+        self.labels_ = store.labels().astype(np.int32)
+        self.inertia_ = result.inertia
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.stop_reason_ = result.stop_reason
+        self.history_ = result.history
+        self.n_features_in_ = n_features
+        if self.verbose:
+            print(
+                f"stopped: {result.stop_reason} after {result.n_iter} iterations, "
+                f"inertia {result.inertia:.6g}"
+            )
+        return self
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit, then return ``labels_`` (NumPy for in-memory X, else dask)."""
+        labels = self.fit(X, sample_weight=sample_weight).labels_
+        return labels if _is_lazy(X) else labels.compute()
+
+    def fit_transform(self, X, y=None, sample_weight=None):
+        """Fit, then return the distances of X to the centers."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    # -- using a fit -----------------------------------------------------------
+
+    def _prepare(self, X) -> da.Array:
+        self._check_fitted()
+        arr = io.as_dask_array(X)
+        validation.check_features(arr.shape[1], self.n_features_in_, type(self).__name__)
+        return arr
+
+    def _centers_for(self, X: da.Array) -> np.ndarray:
+        return self.cluster_centers_.astype(X.dtype, copy=False)
+
+    def predict(self, X):
+        """Label of the nearest center for each row of X.
+
+        Returns
+        -------
+        ndarray or dask.array.Array of shape (n_samples,), int32
+            NumPy for in-memory X; lazy dask for dask, Zarr or path input.
+        """
+        arr = self._prepare(X)
+        labels = arr.map_blocks(
+            _predict_block,
+            centers=self._centers_for(arr),
+            drop_axis=1,
+            dtype=np.int32,
+            meta=np.empty((0,), np.int32),
+        )
+        return labels if _is_lazy(X) else labels.compute()
+
+    def transform(self, X):
+        """Euclidean distances from each row of X to each center.
+
+        Returns
+        -------
+        ndarray or dask.array.Array of shape (n_samples, n_clusters)
+        """
+        arr = self._prepare(X)
+        centers = self._centers_for(arr)
+        dist = arr.map_blocks(
+            _transform_block,
+            centers=centers,
+            chunks=(arr.chunks[0], (len(centers),)),
+            dtype=arr.dtype,
+            meta=np.empty((0, 0), arr.dtype),
+        )
+        return dist if _is_lazy(X) else dist.compute()
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Opposite of the k-means objective of X with the fitted centers."""
+        arr = self._prepare(X)
+        weights = io.as_weights(sample_weight, arr)
+        sqdist = arr.map_blocks(
+            _sqdist_block,
+            centers=self._centers_for(arr),
+            drop_axis=1,
+            dtype=np.float64,
+            meta=np.empty((0,), np.float64),
+        )
+        objective = sqdist.sum() if weights is None else da.dot(weights, sqdist)
+        return -float(objective.compute())
+
+    # -- persistence -----------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fit to a Zarr group: centers, labels, history, parameters.
+
+        The group gets ``attrs["dkmeans_complete"] = True`` last, so a write
+        that fails part-way never looks complete. Load it with
+        :func:`dkmeans.load`.
+        """
+        self._check_fitted()
+        params = {
+            name: (value.tolist() if isinstance(value, np.ndarray) else value)
+            for name, value in self.get_params().items()
+            if name != "random_state"
+            or not isinstance(value, np.random.Generator | np.random.RandomState)
+        }
+        io.write_result(
+            path,
+            centers=self.cluster_centers_,
+            labels=self.labels_,
+            history=self.history_,
+            attrs={
+                "params": params,
+                "inertia": self.inertia_,
+                "n_iter": self.n_iter_,
+                "converged": self.converged_,
+                "stop_reason": self.stop_reason_,
+                "n_features_in": self.n_features_in_,
+                "n_samples": int(self.labels_.shape[0]),
+                "versions": io.versions(),
+            },
+        )
+
+
+def load(path: str | os.PathLike) -> KMeans:
+    """A fitted KMeans from a result group written by :meth:`KMeans.save`."""
+    result = io.read_result(path)
+    attrs = result["attrs"]
+    params = dict(attrs["params"])
+    if isinstance(params.get("init"), list):
+        params["init"] = np.asarray(params["init"])
+    model = KMeans(**params)
+    model.cluster_centers_ = result["centers"]
+    model.labels_ = result["labels"].astype(np.int32)
+    model.history_ = result["history"]
+    model.inertia_ = attrs["inertia"]
+    model.n_iter_ = attrs["n_iter"]
+    model.converged_ = attrs["converged"]
+    model.stop_reason_ = attrs["stop_reason"]
+    model.n_features_in_ = attrs["n_features_in"]
+    return model
+
+
+def _print_record(record: dict) -> None:
+    print(
+        f"iter {record['iteration']:4d}  objective {record['objective']:.10g}  "
+        f"changed {record['labels_changed']:>10d}  shift {record['center_shift']:.3e}  "
+        f"{record['seconds']:.2f}s",
+        flush=True,
+    )
+
+
+def _block_location(block_info) -> tuple[int, int]:
+    info = block_info[0]
+    return info["chunk-location"][0], info["array-location"][0][0]
+
+
+def _predict_block(x: np.ndarray, centers: np.ndarray, block_info=None) -> np.ndarray:
+    if block_info is not None:
+        validation.check_finite_block(x, *_block_location(block_info))
+    return kernel.assign(x, centers)[0].astype(np.int32)
+
+
+def _sqdist_block(x: np.ndarray, centers: np.ndarray, block_info=None) -> np.ndarray:
+    if block_info is not None:
+        validation.check_finite_block(x, *_block_location(block_info))
+    return kernel.assign(x, centers)[1]
+
+
+def _transform_block(x: np.ndarray, centers: np.ndarray, block_info=None) -> np.ndarray:
+    if block_info is not None:
+        validation.check_finite_block(x, *_block_location(block_info))
+    return kernel.distances(x, centers)

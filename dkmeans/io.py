@@ -1,0 +1,230 @@
+"""Opening inputs as dask arrays, and writing/reading result groups.
+
+Inputs: a NumPy array (or anything ``np.asarray`` takes), a dask array, a
+``zarr.Array``, or the path / fsspec URL of a Zarr array (v2 or v3). All
+become a 2-D float32/float64 dask array whose columns are one chunk; rows
+keep the chunking of the source (NumPy inputs are cut into blocks of about
+``DEFAULT_BLOCK_BYTES``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from dkmeans import validation
+
+# Row blocks cut from in-memory inputs: big enough that per-task overhead is
+# small, small enough that a few blocks per core fit in cache-friendly tiles.
+DEFAULT_BLOCK_BYTES = 16 * 2**20
+
+COMPLETE_ATTR = "dkmeans_complete"
+
+
+class InputNotFoundError(FileNotFoundError, ValueError):
+    """A path or URL given as input names no Zarr array."""
+
+
+def open_zarr_array(path: str | os.PathLike, name: str = "X") -> zarr.Array:
+    """Open an existing Zarr array read-only, with a clear error if it is not one."""
+    path = os.fspath(path)
+    try:
+        node = zarr.open(store=path, mode="r")
+    except FileNotFoundError as err:
+        raise InputNotFoundError(
+            f"{name}: no Zarr array at {path!r} (path does not exist)"
+        ) from err
+    except Exception as err:  # zarr raises several kinds for "not zarr here"
+        raise InputNotFoundError(f"{name}: {path!r} is not a Zarr array ({err})") from err
+    if isinstance(node, zarr.Group):
+        members = sorted(name for name, _ in node.arrays())
+        raise ValueError(
+            f"{name}: {path!r} is a Zarr group, not an array; give the path of one of its "
+            f"arrays, e.g. {path.rstrip('/')}/{members[0] if members else '<array>'}"
+        )
+    return node
+
+
+def _is_sparse(X: Any) -> bool:
+    return hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse")
+
+
+def as_dask_array(X: Any, name: str = "X") -> da.Array:
+    """Turn a supported input into a validated 2-D float dask array.
+
+    Checks rank, emptiness and dtype before any data is read; NumPy inputs
+    are also checked for NaN/inf here, lazy inputs in the first pass.
+
+    Parameters
+    ----------
+    X : array-like, dask array, zarr.Array, str or os.PathLike
+        The data, shape (n_samples, n_features).
+    name : str
+        Name used in error messages.
+
+    Returns
+    -------
+    dask.array.Array
+        float32 (float32/float16 input) or float64 (everything else), with a
+        single chunk along columns.
+    """
+    if isinstance(X, str | os.PathLike):
+        X = open_zarr_array(X, name)
+    if _is_sparse(X):
+        raise TypeError(
+            f"{name}: sparse input ({type(X).__name__}) is not supported; "
+            "k-means here needs dense data"
+        )
+    if isinstance(X, zarr.Array):
+        validation.check_shape(X.shape, name)
+        dtype = validation.working_dtype(X.dtype, name)
+        arr = da.from_zarr(X)
+    elif isinstance(X, da.Array):
+        validation.check_shape(X.shape, name)
+        dtype = validation.working_dtype(X.dtype, name)
+        arr = X
+    else:
+        if not hasattr(X, "__array__") and not isinstance(X, Sequence):
+            raise TypeError(
+                f"{name} must be a NumPy array, dask array, zarr.Array or Zarr path, "
+                f"got {type(X).__name__}"
+            )
+        raw = np.asarray(X)
+        validation.check_shape(raw.shape, name)
+        dtype = validation.working_dtype(raw.dtype, name)
+        raw = raw.astype(dtype, copy=False)  # raises for non-numeric objects
+        validation.check_finite_block(raw, block=0, row_offset=0, name=name)
+        rows = max(1, DEFAULT_BLOCK_BYTES // (raw.shape[1] * raw.itemsize))
+        arr = da.from_array(raw, chunks=(rows, -1))
+    if arr.dtype != dtype:
+        arr = arr.astype(dtype)
+    if arr.numblocks[1] != 1:
+        arr = arr.rechunk({1: -1})
+    return arr
+
+
+def as_weights(sample_weight: Any, X: da.Array) -> da.Array | None:
+    """Validate sample weights and chunk them like the rows of X.
+
+    In-memory weights are checked in full here; dask weights are checked
+    block by block in the first pass.
+    """
+    if sample_weight is None:
+        return None
+    n = X.shape[0]
+    if isinstance(sample_weight, da.Array):
+        w = sample_weight
+    elif np.isscalar(sample_weight):
+        w = np.full(n, sample_weight, dtype=np.float64)
+    else:
+        w = np.asarray(sample_weight)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(
+            f"sample_weight must have shape ({n},), one weight per row of X, got shape {w.shape}"
+        )
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"sample_weight must hold real numbers, got dtype {w.dtype}")
+    if isinstance(w, np.ndarray):
+        w = w.astype(np.float64, copy=False)
+        validation.check_weights_block(w, block=0, row_offset=0)
+        if not (w > 0).any():
+            raise ValueError("sample_weight must have at least one positive entry")
+        return da.from_array(w, chunks=(X.chunks[0],))
+    w = w.astype(np.float64)
+    return w.rechunk((X.chunks[0],)) if w.chunks[0] != X.chunks[0] else w
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on."""
+    import sys
+
+    import dask
+
+    from dkmeans import __version__
+
+    return {
+        "dkmeans": __version__,
+        "dask": dask.__version__,
+        "numpy": np.__version__,
+        "zarr": zarr.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def write_result(
+    path: str | os.PathLike,
+    *,
+    centers: np.ndarray,
+    labels: da.Array,
+    history: Sequence[Mapping[str, float]],
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write a fit to a Zarr group; mark it complete only once all is written.
+
+    The group is replaced if it exists. A reader must check
+    ``attrs["dkmeans_complete"]`` (``read_result`` does): a run that fails or
+    is killed part-way leaves a group without it.
+    """
+    group = zarr.open_group(store=os.fspath(path), mode="w")
+    group.create_array("centers", data=np.asarray(centers))
+    rows = labels.chunks[0]
+    if len(set(rows[:-1])) > 1 or (len(rows) > 1 and rows[-1] > rows[0]):
+        labels = labels.rechunk(max(rows))  # zarr chunks are regular
+    target = group.create_array(
+        "labels", shape=labels.shape, dtype=labels.dtype, chunks=(labels.chunks[0][0],)
+    )
+    da.store(labels, target, lock=False)
+    hist = group.create_group("history")
+    for key in ("objective", "labels_changed", "center_shift", "seconds"):
+        hist.create_array(key, data=np.array([rec[key] for rec in history], dtype=np.float64))
+    group.attrs.update(json.loads(json.dumps(dict(attrs), default=_jsonable)))
+    group.attrs[COMPLETE_ATTR] = True  # last: the mark of a complete result
+
+
+def read_result(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a result group written by :func:`write_result`.
+
+    Raises
+    ------
+    ValueError
+        If the group is not marked complete (a failed or interrupted run).
+    """
+    path = os.fspath(path)
+    try:
+        group = zarr.open_group(store=path, mode="r")
+    except FileNotFoundError as err:
+        raise InputNotFoundError(f"no dkmeans result group at {path!r}") from err
+    attrs = dict(group.attrs)
+    if not attrs.get(COMPLETE_ATTR, False):
+        raise ValueError(
+            f"{path!r} is not a complete dkmeans result (the run that wrote it did not finish)"
+        )
+    hist = group["history"]
+    keys = ("objective", "labels_changed", "center_shift", "seconds")
+    columns = {key: hist[key][:] for key in keys}
+    history = [
+        {"iteration": i + 1, **{key: float(columns[key][i]) for key in keys}}
+        for i in range(len(columns["objective"]))
+    ]
+    for rec in history:
+        rec["labels_changed"] = int(rec["labels_changed"])
+    return {
+        "centers": group["centers"][:],
+        "labels": da.from_zarr(group["labels"]),
+        "history": history,
+        "attrs": attrs,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return repr(value)

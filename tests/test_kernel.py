@@ -1,0 +1,165 @@
+"""The per-block kernel and the combine against brute-force float64 references."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from dkmeans import kernel
+from dkmeans.reduce import ChunkStats, Farthest, Moments, combine
+from tests import reference
+
+
+@st.composite
+def integer_blocks(draw, max_rows=120, max_features=5, max_k=9):
+    """Small-integer data and centers (exact in float: ties are real ties)."""
+    n = draw(st.integers(1, max_rows))
+    d = draw(st.integers(1, max_features))
+    k = draw(st.integers(1, max_k))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    values = st.integers(-4, 4)
+    X = draw(hnp.arrays(np.int64, (n, d), elements=values)).astype(dtype)
+    centers = draw(hnp.arrays(np.int64, (k, d), elements=values)).astype(dtype)
+    weights = draw(st.none() | hnp.arrays(np.int64, n, elements=st.integers(0, 3)).map(np.float64))
+    prev = draw(st.none() | hnp.arrays(np.int64, n, elements=st.integers(0, k - 1)))
+    return X, centers, weights, prev
+
+
+@given(integer_blocks(), st.integers(0, 10**6))
+def test_block_stats_equal_reference_exactly_on_integer_data(block, row_offset):
+    X, centers, weights, prev = block
+    k = len(centers)
+    stats, labels = kernel.block_stats(
+        X, centers, prev_labels=prev, weights=weights, row_offset=row_offset, with_moments=True
+    )
+    ref_labels, ref_sqdist = reference.assign(X, centers)
+    # Labels are argmins, ties to the lowest index: exact on integer data.
+    np.testing.assert_array_equal(labels, ref_labels)
+    ref_sums, ref_weights = reference.cluster_sums(X, ref_labels, weights, k)
+    np.testing.assert_array_equal(stats.sums, ref_sums)
+    np.testing.assert_array_equal(stats.weights, ref_weights)
+    assert stats.objective == reference.objective(X, centers, ref_labels, weights)
+    expected_changed = len(X) if prev is None else int(np.sum(prev != ref_labels))
+    assert stats.changed == expected_changed
+    # Farthest candidates: the k positive-weight rows farthest away, ties by row.
+    eligible = np.arange(len(X)) if weights is None else np.flatnonzero(weights > 0)
+    order = sorted(eligible, key=lambda i: (-ref_sqdist[i], i))[:k]
+    np.testing.assert_array_equal(
+        stats.farthest.rows, np.array(order, dtype=np.int64) + row_offset
+    )
+    np.testing.assert_array_equal(stats.farthest.points, X[order].astype(np.float64))
+    np.testing.assert_array_equal(stats.farthest.labels, ref_labels[order])
+    np.testing.assert_allclose(
+        stats.moments.variance, X.astype(np.float64).var(axis=0), atol=1e-12
+    )
+
+
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 300), st.integers(1, 8)),
+        elements=st.floats(-1e3, 1e3, allow_nan=False, width=64),
+    ),
+    st.integers(1, 12),
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 2**32 - 1),
+)
+def test_labels_are_argmins_on_arbitrary_floats(X, k, dtype, seed):
+    """On arbitrary floats the GEMM expansion may break near-ties differently:
+    the chosen center must still be nearest up to that rounding, and the
+    statistics must be exact for the labels chosen."""
+    X = X.astype(dtype)
+    rng = np.random.default_rng(seed)
+    centers = (X[rng.integers(len(X), size=k)] + rng.normal(size=(k, X.shape[1]))).astype(dtype)
+    stats, labels = kernel.block_stats(X, centers)
+    d = reference.sq_distances(X, centers)
+    chosen = d[np.arange(len(X)), labels]
+    scale = np.einsum("ij,ij->i", X.astype(np.float64), X.astype(np.float64)) + np.max(
+        np.einsum("ij,ij->i", centers.astype(np.float64), centers.astype(np.float64))
+    )
+    slack = 8 * np.finfo(dtype).eps * (scale + 1.0)
+    assert np.all(chosen <= d.min(axis=1) + slack)
+    sums, totals = reference.cluster_sums(X, labels, None, k)
+    np.testing.assert_allclose(stats.sums, sums, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(stats.weights, totals)
+    np.testing.assert_allclose(
+        stats.objective, reference.objective(X, centers, labels), rtol=1e-12, atol=1e-9
+    )
+
+
+@given(integer_blocks(max_rows=200), st.lists(st.integers(1, 60), min_size=1, max_size=6))
+def test_combine_over_any_split_equals_the_whole(block, cuts):
+    """Stats of a block equal the combined stats of any split of it."""
+    X, centers, weights, prev = block
+    k = len(centers)
+    bounds = sorted({0, len(X), *[c % len(X) for c in cuts]})
+    parts = []
+    for lo, hi in itertools.pairwise(bounds):
+        stats, _ = kernel.block_stats(
+            X[lo:hi],
+            centers,
+            prev_labels=None if prev is None else prev[lo:hi],
+            weights=None if weights is None else weights[lo:hi],
+            row_offset=lo,
+            with_moments=True,
+        )
+        parts.append(stats)
+    whole, _ = kernel.block_stats(X, centers, prev_labels=prev, weights=weights, with_moments=True)
+    total = combine(parts, n_farthest=k)
+    np.testing.assert_array_equal(total.sums, whole.sums)  # integer data: exact
+    np.testing.assert_array_equal(total.weights, whole.weights)
+    assert total.objective == whole.objective
+    assert total.changed == whole.changed
+    np.testing.assert_array_equal(total.farthest.rows, whole.farthest.rows)
+    np.testing.assert_allclose(total.moments.mean, whole.moments.mean, atol=1e-12)
+    np.testing.assert_allclose(total.moments.m2, whole.moments.m2, rtol=1e-10, atol=1e-9)
+
+
+def test_moments_merge_is_accurate_with_a_large_offset():
+    """Chan's update keeps the variance where a sum of squares would cancel."""
+    rng = np.random.default_rng(0)
+    X = 1e8 + rng.normal(size=(10_000, 2))
+    parts = [Moments.of_block(X[i : i + 1000]) for i in range(0, len(X), 1000)]
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.merge(part)
+    np.testing.assert_allclose(total.variance, X.var(axis=0), rtol=1e-6)
+
+
+def test_farthest_select_skips_zero_weight_rows():
+    X = np.arange(10, dtype=np.float64)[:, None]
+    sqdist = X[:, 0] ** 2
+    weights = np.ones(10)
+    weights[9] = 0
+    far = Farthest.select(sqdist, np.zeros(10, dtype=np.int64), weights, X, 100, 3)
+    np.testing.assert_array_equal(far.rows, [108, 107, 106])
+
+
+def test_assign_tiles_give_the_same_labels_as_one_tile(monkeypatch):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(5000, 3))
+    centers = rng.normal(size=(7, 3))
+    whole = kernel.assign(X, centers)
+    monkeypatch.setattr(kernel, "_TILE_ELEMENTS", 7 * 33)  # tiles of 33 rows
+    tiled = kernel.assign(X, centers)
+    np.testing.assert_array_equal(whole[0], tiled[0])
+    np.testing.assert_array_equal(whole[1], tiled[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_distances_match_reference(dtype):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(50, 4)).astype(dtype)
+    centers = rng.normal(size=(3, 4)).astype(dtype)
+    out = kernel.distances(X, centers)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, np.sqrt(reference.sq_distances(X, centers)), rtol=1e-5)
+
+
+def test_chunkstats_combine_of_one_is_itself():
+    stats, _ = kernel.block_stats(np.eye(3), np.eye(3))
+    assert isinstance(combine([stats], 3), ChunkStats)
+    assert combine([stats], 3) is stats
