@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="where to write the Zarr data (default: a temporary directory)",
     )
+    parser.add_argument(
+        "--cluster-std", type=float, default=5.0, help="spread of each blob (they overlap)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             n_features=args.n_features,
             n_centers=args.n_clusters,
             chunk_rows=args.chunk_rows,
+            cluster_std=args.cluster_std,
             seed=args.seed,
         )
         size_mb = data.nbytes / 2**20

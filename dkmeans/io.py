@@ -98,7 +98,10 @@ def as_dask_array(X: Any, name: str = "X") -> da.Array:
         raw = np.asarray(X)
         validation.check_shape(raw.shape, name)
         dtype = validation.working_dtype(raw.dtype, name)
-        raw = raw.astype(dtype, copy=False)  # raises for non-numeric objects
+        try:
+            raw = raw.astype(dtype, copy=False)
+        except (TypeError, ValueError) as err:  # object arrays holding non-numbers
+            raise TypeError(f"{name} could not be converted to {dtype}: {err}") from err
         validation.check_finite_block(raw, block=0, row_offset=0, name=name)
         rows = max(1, DEFAULT_BLOCK_BYTES // (raw.shape[1] * raw.itemsize))
         arr = da.from_array(raw, chunks=(rows, -1))
@@ -134,7 +137,7 @@ def as_weights(sample_weight: Any, X: da.Array) -> da.Array | None:
         w = w.astype(np.float64, copy=False)
         validation.check_weights_block(w, block=0, row_offset=0)
         if not (w > 0).any():
-            raise ValueError("sample_weight must have at least one positive entry")
+            raise ValueError("sample_weight is all zero: at least one weight must be positive")
         return da.from_array(w, chunks=(X.chunks[0],))
     w = w.astype(np.float64)
     return w.rechunk((X.chunks[0],)) if w.chunks[0] != X.chunks[0] else w
