@@ -4,7 +4,7 @@ Inputs: a NumPy array (or anything ``np.asarray`` takes), a dask array, a
 ``zarr.Array``, or the path / fsspec URL of a Zarr array (v2 or v3). All
 become a 2-D float32/float64 dask array whose columns are one chunk; rows
 keep the chunking of the source (NumPy inputs are cut into blocks of about
-``DEFAULT_BLOCK_BYTES``).
+``DEFAULT_BLOCK_BYTES``, at most ``DEFAULT_BLOCK_MAX_ROWS`` rows).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import zarr
 from dkmeans import validation
 
 # Row blocks cut from in-memory inputs: big enough that per-task overhead is
-# small, small enough that a few blocks per core fit in cache-friendly tiles.
-DEFAULT_BLOCK_BYTES = 16 * 2**20
+# small (a few hundred microseconds a task), small enough that even a few
+# megabytes of data make several blocks for the cores to share.
+DEFAULT_BLOCK_BYTES = 8 * 2**20
+DEFAULT_BLOCK_MAX_ROWS = 2**18
 
 COMPLETE_ATTR = "dkmeans_complete"
 
@@ -103,7 +105,7 @@ def as_dask_array(X: Any, name: str = "X") -> da.Array:
         except (TypeError, ValueError) as err:  # object arrays holding non-numbers
             raise TypeError(f"{name} could not be converted to {dtype}: {err}") from err
         validation.check_finite_block(raw, block=0, row_offset=0, name=name)
-        rows = max(1, DEFAULT_BLOCK_BYTES // (raw.shape[1] * raw.itemsize))
+        rows = max(1, min(DEFAULT_BLOCK_MAX_ROWS, DEFAULT_BLOCK_BYTES // raw[0].nbytes))
         arr = da.from_array(raw, chunks=(rows, -1))
     if arr.dtype != dtype:
         arr = arr.astype(dtype)

@@ -5,24 +5,136 @@ weights): no I/O, no globals, no Dask. The orchestration lives in
 :mod:`dkmeans.lloyd`; the reference these kernels are tested against is a
 brute-force float64 NumPy implementation in the tests.
 
-Distances for the argmin use the GEMM expansion ``||c||² - 2 x·c`` (``||x||²``
-does not change the argmin) in the data's dtype, as scikit-learn does; the
-objective is then computed from the exact difference ``x - c_a`` in float64,
-so it does not suffer from the cancellation of that expansion.
+Distances for the argmin use the expansion ``||c||² - 2 x·c`` (``||x||²`` does
+not change the argmin) in the data's dtype, as scikit-learn does, with the dot
+products from BLAS on cache-sized tiles. Two compiled loops per tile then pick
+the nearest center (vectorised across rows) and accumulate the float64 sums,
+counts and objective; the objective uses the exact difference ``x - c_a`` in
+float64, so it does not suffer from the cancellation of the expansion. The
+compiled loops release the GIL, so Dask's threads run blocks in parallel.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from dkmeans.reduce import ChunkStats, Farthest, Moments
 
-# Rows per tile of the (rows x k) score matrix: keeps it near 2 MiB, in cache.
+# Rows per tile: the (k x rows) score matrix stays near 1 MiB, in cache.
 _TILE_ELEMENTS = 1 << 18
 
 
 def _tile_rows(n_rows: int, n_clusters: int) -> int:
     return max(16, min(n_rows, _TILE_ELEMENTS // max(n_clusters, 1)))
+
+
+@numba.njit(nogil=True, cache=True)
+def _nearest(dots_t, centers_sq, labels, best):  # pragma: no cover - compiled
+    """Nearest center of each row from the (k, rows) dot products ``centers @ tile.T``.
+
+    The score ``||c||² - 2 x·c`` is formed in the data's dtype and compared
+    strictly (no fast-math), so ties go to the lowest index as with
+    ``np.argmin``. The loop runs along rows for each center, which the
+    compiler vectorises: several rows are compared per instruction.
+    """
+    k, n = dots_t.shape
+    for i in range(n):
+        best[i] = centers_sq[0] - (dots_t[0, i] + dots_t[0, i])
+        labels[i] = 0
+    for j in range(1, k):
+        c_sq = centers_sq[j]
+        for i in range(n):
+            score = c_sq - (dots_t[j, i] + dots_t[j, i])
+            if score < best[i]:
+                best[i] = score
+                labels[i] = j
+    return labels
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _accumulate(x, labels, centers64, weights, sqdist, sums, totals):  # pragma: no cover
+    """Exact float64 squared distance to the labelled center, and the running sums.
+
+    ``reassoc`` lets the compiler vectorise the sum over features of each
+    distance (its rounding then depends on the CPU's vector width, not on
+    the chunking or the scheduler). An empty ``weights`` means all ones.
+    Returns the tile's objective.
+    """
+    n, d = x.shape
+    weighted = weights.shape[0] == n
+    objective = 0.0
+    for i in range(n):
+        best = labels[i]
+        dist = 0.0
+        for f in range(d):
+            diff = np.float64(x[i, f]) - centers64[best, f]
+            dist += diff * diff
+        sqdist[i] = dist
+        w = weights[i] if weighted else 1.0
+        for f in range(d):
+            sums[best, f] += w * np.float64(x[i, f])
+        totals[best] += w
+        objective += w * dist
+    return objective
+
+
+@numba.njit(nogil=True, cache=True)
+def _column_moments(x):  # pragma: no cover - compiled
+    """Column means and centred sums of squares, two passes in float64."""
+    n, d = x.shape
+    mean = np.zeros(d)
+    for i in range(n):
+        for f in range(d):
+            mean[f] += x[i, f]
+    mean /= n
+    m2 = np.zeros(d)
+    for i in range(n):
+        for f in range(d):
+            diff = np.float64(x[i, f]) - mean[f]
+            m2[f] += diff * diff
+    return mean, m2
+
+
+def column_moments(x: np.ndarray) -> Moments:
+    """Row count, column means and centred sums of squares of a block."""
+    mean, m2 = _column_moments(np.ascontiguousarray(x))
+    return Moments(count=len(x), mean=mean, m2=m2)
+
+
+def _assign_block(
+    x: np.ndarray, centers: np.ndarray, weights: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Labels, exact squared distances, sums, totals and objective of one block."""
+    n, d = x.shape
+    k = len(centers)
+    x = np.ascontiguousarray(x)
+    centers = np.ascontiguousarray(centers, dtype=x.dtype)
+    centers_sq = np.einsum("ij,ij->i", centers, centers)
+    centers64 = centers.astype(np.float64)
+    w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    labels = np.empty(n, dtype=np.int64)
+    sqdist = np.empty(n, dtype=np.float64)
+    sums = np.zeros((k, d))
+    totals = np.zeros(k)
+    objective = 0.0
+    step = _tile_rows(n, k)
+    best = np.empty(step, dtype=x.dtype)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        tile = x[start:stop]
+        dots_t = np.matmul(centers, tile.T)  # (k, rows): BLAS on a cache-sized tile
+        tile_labels = _nearest(dots_t, centers_sq, labels[start:stop], best)
+        objective += _accumulate(
+            tile,
+            tile_labels,
+            centers64,
+            w[start:stop] if weights is not None else w,
+            sqdist[start:stop],
+            sums,
+            totals,
+        )
+    return labels, sqdist, sums, totals, objective
 
 
 def assign(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,21 +154,7 @@ def assign(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sqdist : ndarray of shape (n,), float64
         Exact squared distance from each row to its labelled center.
     """
-    n, k = len(x), len(centers)
-    centers_sq = np.einsum("ij,ij->i", centers, centers)
-    centers64 = centers.astype(np.float64, copy=False)
-    labels = np.empty(n, dtype=np.int64)
-    sqdist = np.empty(n, dtype=np.float64)
-    step = _tile_rows(n, k)
-    for start in range(0, n, step):
-        tile = x[start : start + step]
-        scores = tile @ centers.T
-        scores *= -2
-        scores += centers_sq
-        tile_labels = np.argmin(scores, axis=1)
-        labels[start : start + step] = tile_labels
-        diff = tile - centers64[tile_labels]  # float64 by promotion
-        sqdist[start : start + step] = np.einsum("ij,ij->i", diff, diff)
+    labels, sqdist, *_ = _assign_block(x, centers, None)
     return labels, sqdist
 
 
@@ -72,31 +170,6 @@ def distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     sq += np.einsum("ij,ij->i", c64, c64)
     np.maximum(sq, 0, out=sq)
     return np.sqrt(sq).astype(x.dtype, copy=False)
-
-
-def cluster_sums(
-    x: np.ndarray, labels: np.ndarray, weights: np.ndarray | None, n_clusters: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted per-cluster sums of the rows (float64) and total weights.
-
-    Rows are grouped by a stable sort of their labels and summed with one
-    ``np.add.reduceat`` (vectorised over columns; no ``np.add.at``).
-    """
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    present, starts = np.unique(sorted_labels, return_index=True)
-    grouped = x[order].astype(np.float64)
-    if weights is not None:
-        grouped *= weights[order, None]
-    sums = np.zeros((n_clusters, x.shape[1]))
-    if len(x):
-        sums[present] = np.add.reduceat(grouped, starts, axis=0)
-    cluster_weights = np.bincount(
-        labels,
-        weights=None if weights is None else weights.astype(np.float64),
-        minlength=n_clusters,
-    ).astype(np.float64)
-    return sums, cluster_weights
 
 
 def block_stats(
@@ -125,7 +198,8 @@ def block_stats(
     row_offset : int
         Global index of the block's first row (names re-seeding candidates).
     n_farthest : int, optional
-        How many farthest points to report; defaults to k.
+        Most farthest points to report (default k); a block reports only as
+        many as it has empty clusters, which bounds the clusters to re-seed.
     with_moments : bool
         Also return the column moments (used once, for ``tol``).
 
@@ -135,19 +209,20 @@ def block_stats(
     labels : ndarray of shape (n,), int64
     """
     k = len(centers)
-    labels, sqdist = assign(x, centers)
-    sums, cluster_weights = cluster_sums(x, labels, weights, k)
-    objective = float(sqdist.sum() if weights is None else np.dot(weights, sqdist))
+    labels, sqdist, sums, cluster_weights, objective = _assign_block(x, centers, weights)
     changed = len(x) if prev_labels is None else int(np.count_nonzero(labels != prev_labels))
-    farthest = Farthest.select(
-        sqdist, labels, weights, x, row_offset, k if n_farthest is None else n_farthest
-    )
+    # A cluster empty over all of X is empty in every block, so the number of
+    # clusters to re-seed is at most this block's count of empty clusters: a
+    # block without one (the usual case) reports no candidates at all.
+    n_empty = int(np.count_nonzero(cluster_weights == 0))
+    m = min(n_empty, k if n_farthest is None else n_farthest)
+    farthest = Farthest.select(sqdist, labels, weights, x, row_offset, m)
     stats = ChunkStats(
         sums=sums,
         weights=cluster_weights,
         objective=objective,
         changed=changed,
         farthest=farthest,
-        moments=Moments.of_block(x) if with_moments else None,
+        moments=column_moments(x) if with_moments else None,
     )
     return stats, labels

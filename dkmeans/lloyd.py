@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import dask
 import dask.array as da
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from dkmeans import kernel, validation
 from dkmeans.labels import LabelStore, ZarrBlockIO
@@ -265,6 +266,15 @@ def lloyd(
     -------
     LloydResult
     """
+    # Dask runs one block per thread; BLAS threads inside would oversubscribe
+    # the cores. (Distributed workers already start with one BLAS thread.)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _lloyd_loop(
+            X, init_centers, store, weights, max_iter, tol, split_every, on_iteration
+        )
+
+
+def _lloyd_loop(X, init_centers, store, weights, max_iter, tol, split_every, on_iteration):
     centers = np.asarray(init_centers, dtype=X.dtype)
     history: list[dict] = []
     tol_abs = 0.0

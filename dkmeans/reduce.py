@@ -43,6 +43,8 @@ class Farthest:
         m: int,
     ) -> Farthest:
         """Keep the ``m`` candidates of one block (ties by lowest row index)."""
+        if m == 0:
+            return cls.empty(x.shape[1])
         eligible = np.arange(len(sqdist)) if weights is None else np.flatnonzero(weights > 0)
         m = min(m, eligible.size)
         if m == 0:
@@ -98,12 +100,6 @@ class Moments:
     count: int
     mean: np.ndarray  # (d,) float64
     m2: np.ndarray  # (d,) float64
-
-    @classmethod
-    def of_block(cls, x: np.ndarray) -> Moments:
-        mean = x.mean(axis=0, dtype=np.float64)
-        centred = x - mean  # float64 by promotion
-        return cls(count=len(x), mean=mean, m2=np.einsum("ij,ij->j", centred, centred))
 
     def merge(self, other: Moments) -> Moments:
         count = self.count + other.count

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from dkmeans import kernel
-from dkmeans.reduce import ChunkStats, Farthest, Moments, combine
+from dkmeans.reduce import ChunkStats, Farthest, combine
 from tests import reference
 
 
@@ -44,9 +44,11 @@ def test_block_stats_equal_reference_exactly_on_integer_data(block, row_offset):
     assert stats.objective == reference.objective(X, centers, ref_labels, weights)
     expected_changed = len(X) if prev is None else int(np.sum(prev != ref_labels))
     assert stats.changed == expected_changed
-    # Farthest candidates: the k positive-weight rows farthest away, ties by row.
+    # Farthest candidates: as many positive-weight rows as the block has empty
+    # clusters, farthest first, ties by row.
     eligible = np.arange(len(X)) if weights is None else np.flatnonzero(weights > 0)
-    order = sorted(eligible, key=lambda i: (-ref_sqdist[i], i))[:k]
+    n_empty = int(np.sum(ref_weights == 0))
+    order = sorted(eligible, key=lambda i: (-ref_sqdist[i], i))[:n_empty]
     np.testing.assert_array_equal(
         stats.farthest.rows, np.array(order, dtype=np.int64) + row_offset
     )
@@ -113,7 +115,11 @@ def test_combine_over_any_split_equals_the_whole(block, cuts):
     np.testing.assert_array_equal(total.weights, whole.weights)
     assert total.objective == whole.objective
     assert total.changed == whole.changed
-    np.testing.assert_array_equal(total.farthest.rows, whole.farthest.rows)
+    # Every part has at least as many empty clusters as the whole, so the
+    # whole's candidates lead the merged list.
+    n_whole = len(whole.farthest.rows)
+    assert len(total.farthest.rows) >= n_whole
+    np.testing.assert_array_equal(total.farthest.rows[:n_whole], whole.farthest.rows)
     np.testing.assert_allclose(total.moments.mean, whole.moments.mean, atol=1e-12)
     np.testing.assert_allclose(total.moments.m2, whole.moments.m2, rtol=1e-10, atol=1e-9)
 
@@ -122,7 +128,7 @@ def test_moments_merge_is_accurate_with_a_large_offset():
     """Chan's update keeps the variance where a sum of squares would cancel."""
     rng = np.random.default_rng(0)
     X = 1e8 + rng.normal(size=(10_000, 2))
-    parts = [Moments.of_block(X[i : i + 1000]) for i in range(0, len(X), 1000)]
+    parts = [kernel.column_moments(X[i : i + 1000]) for i in range(0, len(X), 1000)]
     total = parts[0]
     for part in parts[1:]:
         total = total.merge(part)
