@@ -70,8 +70,8 @@ def _block_table(row_chunks: tuple[int, ...]) -> da.Array:
 
 
 def _pass_task(
-    x: np.ndarray,
-    table: np.ndarray,
+    x_parts: list[np.ndarray],
+    table_parts: list[np.ndarray],
     weights: np.ndarray | None,
     prev_labels: np.ndarray | None,
     *,
@@ -80,7 +80,12 @@ def _pass_task(
     label_dtype: np.dtype,
     first_pass: bool,
 ) -> np.ndarray:
-    """One block of one pass; returns a 1-element object array (stats, labels)."""
+    """One block of one pass; returns a 1-element object array (stats, labels).
+
+    X and the block table come as one-element lists (their column axis is
+    contracted without concatenation: it is a single chunk).
+    """
+    (x,), (table,) = x_parts, table_parts
     block, row_offset = (int(v) for v in table[0])
     if first_pass:  # the data do not change: checking them once is enough
         validation.check_finite_block(x, block, row_offset)
@@ -158,7 +163,7 @@ def lloyd_pass(
         None if prev is None else "i",
         adjust_chunks={"i": 1},
         align_arrays=False,  # aligned by block index: each input has one block per row block
-        concatenate=True,
+        concatenate=False,
         dtype=object,
         meta=np.empty((0,), dtype=object),
         centers=centers,
