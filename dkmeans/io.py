@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -106,12 +107,29 @@ def as_dask_array(X: Any, name: str = "X") -> da.Array:
             raise TypeError(f"{name} could not be converted to {dtype}: {err}") from err
         validation.check_finite_block(raw, block=0, row_offset=0, name=name)
         rows = max(1, min(DEFAULT_BLOCK_MAX_ROWS, DEFAULT_BLOCK_BYTES // raw[0].nbytes))
-        arr = da.from_array(raw, chunks=(rows, -1))
+        n = len(raw)
+        arr = _blocks_of(raw, tuple(min(rows, n - start) for start in range(0, n, rows)))
     if arr.dtype != dtype:
         arr = arr.astype(dtype)
     if arr.numblocks[1] != 1:
         arr = arr.rechunk({1: -1})
     return arr
+
+
+def _blocks_of(array: np.ndarray, row_chunks: tuple[int, ...]) -> da.Array:
+    """A dask array whose blocks are views of ``array``'s row slices.
+
+    ``da.from_array`` copies NumPy input (guarding against later mutation),
+    which would double the memory of a large in-memory X; views do not.
+    """
+    name = f"dkmeans-input-{uuid.uuid4().hex}"
+    starts = np.concatenate([[0], np.cumsum(row_chunks)])
+    trailing = (0,) * (array.ndim - 1)
+    graph = {
+        (name, i, *trailing): array[starts[i] : starts[i + 1]] for i in range(len(row_chunks))
+    }
+    chunks = (tuple(row_chunks), *((size,) for size in array.shape[1:]))
+    return da.Array(graph, name, chunks, meta=array[:0])
 
 
 def as_weights(sample_weight: Any, X: da.Array) -> da.Array | None:
@@ -140,7 +158,7 @@ def as_weights(sample_weight: Any, X: da.Array) -> da.Array | None:
         validation.check_weights_block(w, block=0, row_offset=0)
         if not (w > 0).any():
             raise ValueError("sample_weight is all zero: at least one weight must be positive")
-        return da.from_array(w, chunks=(X.chunks[0],))
+        return _blocks_of(w, X.chunks[0])
     w = w.astype(np.float64)
     return w.rechunk((X.chunks[0],)) if w.chunks[0] != X.chunks[0] else w
 
