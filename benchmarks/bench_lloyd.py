@@ -125,12 +125,12 @@ def competitors(X: np.ndarray, init: np.ndarray, chunk_rows: int) -> dict[str, C
 
 
 def in_memory(repeats: int, shapes) -> list[dict]:
-    from dkmeans.io import DEFAULT_BLOCK_BYTES, DEFAULT_BLOCK_MAX_ROWS
+    from dkmeans.io import default_block_rows
 
     rows = []
     for n, d, k in shapes:
         X, init = blobs(n, d, k)
-        chunk_rows = min(DEFAULT_BLOCK_MAX_ROWS, DEFAULT_BLOCK_BYTES // X[0].nbytes)
+        chunk_rows = default_block_rows(n, X[0].nbytes)  # dask-ml gets dkmeans' blocks
         fits = competitors(X, init, chunk_rows)
         results = {}
         for name, fit in fits.items():

@@ -4,7 +4,7 @@ Inputs: a NumPy array (or anything ``np.asarray`` takes), a dask array, a
 ``zarr.Array``, or the path / fsspec URL of a Zarr array (v2 or v3). All
 become a 2-D float32/float64 dask array whose columns are one chunk; rows
 keep the chunking of the source (NumPy inputs are cut into blocks of about
-``DEFAULT_BLOCK_BYTES``, at most ``DEFAULT_BLOCK_MAX_ROWS`` rows).
+``default_block_rows``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,22 @@ import zarr
 
 from dkmeans import validation
 
-# Row blocks cut from in-memory inputs: big enough that per-task overhead is
-# small (a few hundred microseconds a task), small enough that even a few
-# megabytes of data make several blocks for the cores to share.
-DEFAULT_BLOCK_BYTES = 8 * 2**20
-DEFAULT_BLOCK_MAX_ROWS = 2**18
+# Row blocks cut from in-memory inputs: big enough that Dask's per-task cost
+# (a few hundred microseconds) stays small next to the kernel, and at least
+# DEFAULT_MIN_BLOCKS of them so that small inputs still spread over the
+# cores. The rule depends on the array only, not on the machine, so default
+# results are the same everywhere.
+DEFAULT_BLOCK_BYTES = 32 * 2**20
+DEFAULT_BLOCK_MAX_ROWS = 2**20
+DEFAULT_MIN_BLOCKS = 8
+
+
+def default_block_rows(n_rows: int, row_bytes: int) -> int:
+    """Rows per block for an in-memory input of ``n_rows`` rows of ``row_bytes`` each."""
+    by_bytes = DEFAULT_BLOCK_BYTES // max(row_bytes, 1)
+    by_count = -(-n_rows // DEFAULT_MIN_BLOCKS)
+    return max(1, min(DEFAULT_BLOCK_MAX_ROWS, by_bytes, by_count))
+
 
 COMPLETE_ATTR = "dkmeans_complete"
 
@@ -106,8 +117,8 @@ def as_dask_array(X: Any, name: str = "X") -> da.Array:
         except (TypeError, ValueError) as err:  # object arrays holding non-numbers
             raise TypeError(f"{name} could not be converted to {dtype}: {err}") from err
         validation.check_finite_block(raw, block=0, row_offset=0, name=name)
-        rows = max(1, min(DEFAULT_BLOCK_MAX_ROWS, DEFAULT_BLOCK_BYTES // raw[0].nbytes))
         n = len(raw)
+        rows = default_block_rows(n, raw[0].nbytes)
         arr = _blocks_of(raw, tuple(min(rows, n - start) for start in range(0, n, rows)))
     if arr.dtype != dtype:
         arr = arr.astype(dtype)
