@@ -172,7 +172,7 @@ def out_of_core(repeats: int, path: str, n: int = 20_000_000) -> list[dict]:
     rows = []
     with (
         LocalCluster(
-            n_workers=2, threads_per_worker=1, memory_limit="1GB", dashboard_address=None
+            n_workers=2, threads_per_worker=1, memory_limit="1GB", dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -38,7 +38,7 @@ def test_zarr_larger_than_worker_memory_is_clustered_without_spilling(tmp_path):
             n_workers=WORKERS,
             threads_per_worker=1,
             memory_limit=WORKER_MEMORY,
-            dashboard_address=None,
+            dashboard_address=":0",
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -48,7 +48,7 @@ def test_bitwise_identical_across_schedulers(data, label_store):
     with ProcessPoolExecutor(2, mp_context=context) as pool:
         _same(reference, _fit(data, label_store, "processes", pool=pool))
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster),
     ):
         distributed = _fit(data, label_store)
