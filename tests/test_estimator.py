@@ -196,3 +196,18 @@ def test_verbose_prints_one_line_per_iteration(blobs, capsys):
 def test_library_is_silent_by_default(blobs, capsys):
     KMeans(5, random_state=0).fit(blobs)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_inputs_v2_v3_path_and_url(blobs, tmp_path, zarr_format):
+    path = tmp_path / f"x{zarr_format}.zarr"
+    z = zarr.create_array(
+        str(path), shape=blobs.shape, chunks=(700, 4), dtype="f8", zarr_format=zarr_format
+    )
+    z[:] = blobs
+    init = general_position_init(blobs, 5, 4)
+    reference_fit = KMeans(5, init=init, tol=0).fit(da.from_array(blobs, chunks=(700, -1)))
+    for source in (str(path), path, f"file://{path}", zarr.open_array(str(path), mode="r")):
+        model = KMeans(5, init=init, tol=0).fit(source)
+        assert np.array_equal(model.cluster_centers_, reference_fit.cluster_centers_)
+        assert model.labels_.chunks[0] == reference_fit.labels_.chunks[0]
