@@ -211,3 +211,24 @@ def test_zarr_inputs_v2_v3_path_and_url(blobs, tmp_path, zarr_format):
         model = KMeans(5, init=init, tol=0).fit(source)
         assert np.array_equal(model.cluster_centers_, reference_fit.cluster_centers_)
         assert model.labels_.chunks[0] == reference_fit.labels_.chunks[0]
+
+
+def test_column_chunks_are_joined_and_rows_kept(blobs):
+    split_columns = da.from_array(blobs, chunks=(1000, 2))  # 4 columns in 2 chunks
+    init = general_position_init(blobs, 5, 6)
+    model = KMeans(5, init=init, tol=0).fit(split_columns)
+    whole = KMeans(5, init=init, tol=0).fit(da.from_array(blobs, chunks=(1000, -1)))
+    assert np.array_equal(model.cluster_centers_, whole.cluster_centers_)
+    assert model.labels_.chunks[0] == (1000, 1000, 1000)
+
+
+def test_numpy_input_is_not_copied(blobs):
+    from dkmeans import io
+
+    X = np.ascontiguousarray(blobs)
+    arr = io.as_dask_array(X)
+    graph = dict(arr.__dask_graph__())
+    blocks = [graph[(arr.name, i, 0)] for i in range(arr.numblocks[0])]
+    assert len(blocks) > 1
+    # The graph holds views of X (dask.array.from_array would hold a copy).
+    assert all(isinstance(b, np.ndarray) and np.shares_memory(b, X) for b in blocks)
