@@ -274,69 +274,63 @@ def lloyd(
     # Dask runs one block per thread; BLAS threads inside would oversubscribe
     # the cores. (Distributed workers already start with one BLAS thread.)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _lloyd_loop(
-            X, init_centers, store, weights, max_iter, tol, split_every, on_iteration
-        )
+        centers = np.asarray(init_centers, dtype=X.dtype)
+        history: list[dict] = []
+        tol_abs = 0.0
+        stop_reason = MAX_ITER
+        previous_objective = np.inf
+        exact_final = False  # are the labels consistent with the final centers?
+        n_iter = 0
+        for iteration in range(max_iter):
+            start = time.perf_counter()
+            totals = lloyd_pass(
+                X,
+                centers,
+                store=store,
+                iteration=iteration,
+                weights=weights,
+                split_every=split_every,
+                first_pass=iteration == 0,
+            )
+            if iteration == 0 and tol > 0:
+                tol_abs = tol * float(np.mean(totals.moments.variance))
+            new_centers, n_reseeded = update_centers(totals, centers)
+            shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
+            record = {
+                "iteration": iteration + 1,
+                "objective": totals.objective,
+                "labels_changed": totals.changed,
+                "center_shift": shift,
+                "reseeded": n_reseeded,
+                "seconds": time.perf_counter() - start,
+            }
+            history.append(record)
+            check_objective(previous_objective, totals.objective, X.dtype, iteration + 1)
+            previous_objective = totals.objective
+            if on_iteration is not None:
+                on_iteration(record)
+            n_iter = iteration + 1
+            exact_final = bool(np.array_equal(new_centers, centers))
+            centers = new_centers
+            if totals.changed == 0:
+                stop_reason = FIXED_POINT
+                break
+            if shift <= tol_abs:
+                stop_reason = TOL
+                break
 
-
-def _lloyd_loop(X, init_centers, store, weights, max_iter, tol, split_every, on_iteration):
-    centers = np.asarray(init_centers, dtype=X.dtype)
-    history: list[dict] = []
-    tol_abs = 0.0
-    stop_reason = MAX_ITER
-    previous_objective = np.inf
-    exact_final = False  # are the labels consistent with the final centers?
-    n_iter = 0
-    for iteration in range(max_iter):
-        start = time.perf_counter()
-        totals = lloyd_pass(
-            X,
-            centers,
-            store=store,
-            iteration=iteration,
-            weights=weights,
-            split_every=split_every,
-            first_pass=iteration == 0,
+        if stop_reason == FIXED_POINT and exact_final:
+            inertia = previous_objective
+        else:  # make the labels match the final centers (an assignment-only pass)
+            totals = lloyd_pass(
+                X, centers, store=store, iteration=n_iter, weights=weights, split_every=split_every
+            )
+            inertia = totals.objective
+            check_objective(previous_objective, inertia, X.dtype, n_iter)
+        return LloydResult(
+            centers=centers,
+            inertia=float(inertia),
+            n_iter=n_iter,
+            stop_reason=stop_reason,
+            history=history,
         )
-        if iteration == 0 and tol > 0:
-            tol_abs = tol * float(np.mean(totals.moments.variance))
-        new_centers, n_reseeded = update_centers(totals, centers)
-        shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
-        record = {
-            "iteration": iteration + 1,
-            "objective": totals.objective,
-            "labels_changed": totals.changed,
-            "center_shift": shift,
-            "reseeded": n_reseeded,
-            "seconds": time.perf_counter() - start,
-        }
-        history.append(record)
-        check_objective(previous_objective, totals.objective, X.dtype, iteration + 1)
-        previous_objective = totals.objective
-        if on_iteration is not None:
-            on_iteration(record)
-        n_iter = iteration + 1
-        exact_final = bool(np.array_equal(new_centers, centers))
-        centers = new_centers
-        if totals.changed == 0:
-            stop_reason = FIXED_POINT
-            break
-        if shift <= tol_abs:
-            stop_reason = TOL
-            break
-
-    if stop_reason == FIXED_POINT and exact_final:
-        inertia = previous_objective
-    else:  # make the labels match the final centers (an assignment-only pass)
-        totals = lloyd_pass(
-            X, centers, store=store, iteration=n_iter, weights=weights, split_every=split_every
-        )
-        inertia = totals.objective
-        check_objective(previous_objective, inertia, X.dtype, n_iter)
-    return LloydResult(
-        centers=centers,
-        inertia=float(inertia),
-        n_iter=n_iter,
-        stop_reason=stop_reason,
-        history=history,
-    )
