@@ -11,8 +11,10 @@ import numpy as np
 import zarr
 
 from dkmeans import io, kernel, lloyd, validation
+from dkmeans.checkpoint import Checkpoint, check_fingerprint, fingerprint
+from dkmeans.checkpoint import status as checkpoint_status
 from dkmeans.init import check_random_state, initial_centers
-from dkmeans.labels import make_label_store
+from dkmeans.labels import label_dtype, make_label_store
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -172,7 +174,28 @@ class KMeans:
 
     # -- fitting ---------------------------------------------------------------
 
-    def fit(self, X, y=None, sample_weight=None) -> KMeans:
+    def _checked_params(self) -> dict[str, Any]:
+        """The parameters that can be checked without data, validated."""
+        if self.init_sample_size is not None:
+            validation.check_positive_int(self.init_sample_size, "init_sample_size")
+        return {
+            "max_iter": validation.check_positive_int(self.max_iter, "max_iter"),
+            "split_every": validation.check_positive_int(
+                self.split_every, "split_every", minimum=2
+            ),
+            "tol": validation.check_tol(self.tol),
+            "rng": check_random_state(self.random_state),
+        }
+
+    def fit(
+        self,
+        X,
+        y=None,
+        sample_weight=None,
+        *,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
+    ) -> KMeans:
         """Compute k-means clustering.
 
         Parameters
@@ -182,43 +205,93 @@ class KMeans:
         y : ignored
         sample_weight : array-like or dask array of shape (n_samples,), optional
             Non-negative weight of each row.
+        checkpoint : str or os.PathLike, optional
+            A Zarr group (path or URL) that receives the fit's state after
+            every iteration and, at the end, its result (as :meth:`save`
+            writes it). Labels then live in that group whatever
+            ``label_store`` says. See :mod:`dkmeans.checkpoint`.
+        resume : bool, default=False
+            With ``checkpoint``: continue the unfinished fit saved there
+            (ending with bitwise the same result as an uninterrupted fit),
+            or load its result if it finished; start a new fit if there is
+            nothing there. Without ``resume`` the group is replaced.
 
         Returns
         -------
         self
         """
-        max_iter = validation.check_positive_int(self.max_iter, "max_iter")
-        split_every = validation.check_positive_int(self.split_every, "split_every", minimum=2)
-        tol = validation.check_tol(self.tol)
-        if self.init_sample_size is not None:
-            validation.check_positive_int(self.init_sample_size, "init_sample_size")
-        rng = check_random_state(self.random_state)
+        params = self._checked_params()
+        source = X
         X = io.as_dask_array(X)
         n_samples, n_features = X.shape
         k = validation.check_n_clusters(self.n_clusters, n_samples)
         weights = io.as_weights(sample_weight, X)
-        store = make_label_store(self.label_store, X.chunks[0], k)
-        centers = initial_centers(
-            X, k, self.init, rng=rng, weights=weights, sample_size=self.init_sample_size
-        )
+        ckpt, state = None, None
+        if checkpoint is None:
+            store = make_label_store(self.label_store, X.chunks[0], k)
+        else:
+            print_ = fingerprint(
+                X,
+                weighted=weights is not None,
+                n_clusters=k,
+                split_every=params["split_every"],
+                tol=params["tol"],
+            )
+            found = checkpoint_status(checkpoint) if resume else "absent"
+            if found == "complete":
+                result = io.read_result(checkpoint)
+                check_fingerprint(result["attrs"].get("fingerprint", {}), print_, checkpoint)
+                return self._set_result(result)
+            if found == "checkpoint":
+                ckpt, state = Checkpoint.open(
+                    checkpoint, X, label_dtype=label_dtype(k), fingerprint=print_
+                )
+            else:
+                ckpt = Checkpoint.create(
+                    checkpoint,
+                    X,
+                    n_clusters=k,
+                    label_dtype=label_dtype(k),
+                    fingerprint=print_,
+                    attrs=self._describe(source, X),
+                )
+            store = ckpt.label_store
+        centers = None
+        if state is None:
+            centers = initial_centers(
+                X,
+                k,
+                self.init,
+                rng=params["rng"],
+                weights=weights,
+                sample_size=self.init_sample_size,
+            )
         result = lloyd.lloyd(
             X,
             centers,
             store=store,
             weights=weights,
-            max_iter=max_iter,
-            tol=tol,
-            split_every=split_every,
+            max_iter=params["max_iter"],
+            tol=params["tol"],
+            split_every=params["split_every"],
             on_iteration=_print_record if self.verbose else None,
+            state=state,
+            on_state=None if ckpt is None else ckpt.save,
         )
         self.cluster_centers_ = result.centers
-        self.labels_ = store.labels().astype(np.int32)
         self.inertia_ = result.inertia
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         self.stop_reason_ = result.stop_reason
         self.history_ = result.history
         self.n_features_in_ = n_features
+        if ckpt is None:
+            self.labels_ = store.labels().astype(np.int32)
+        else:
+            ckpt.finish(
+                centers=result.centers, history=result.history, attrs=self._fitted_attrs(n_samples)
+            )
+            self.labels_ = da.from_zarr(ckpt.group["labels"]).astype(np.int32)
         if self.verbose:
             print(
                 f"stopped: {result.stop_reason} after {result.n_iter} iterations, "
@@ -306,47 +379,58 @@ class KMeans:
         :func:`dkmeans.load`.
         """
         self._check_fitted()
+        io.write_result(
+            path,
+            centers=self.cluster_centers_,
+            labels=self.labels_,
+            history=self.history_,
+            attrs={**self._describe(None, None), **self._fitted_attrs(self.labels_.shape[0])},
+        )
+
+    def _describe(self, source, X: da.Array | None) -> dict[str, Any]:
+        """Parameters, input and versions: what a result group says about its fit."""
         params = {
             name: (value.tolist() if isinstance(value, np.ndarray) else value)
             for name, value in self.get_params().items()
             if name != "random_state"
             or not isinstance(value, np.random.Generator | np.random.RandomState)
         }
-        io.write_result(
-            path,
-            centers=self.cluster_centers_,
-            labels=self.labels_,
-            history=self.history_,
-            attrs={
-                "params": params,
-                "inertia": self.inertia_,
-                "n_iter": self.n_iter_,
-                "converged": self.converged_,
-                "stop_reason": self.stop_reason_,
-                "n_features_in": self.n_features_in_,
-                "n_samples": int(self.labels_.shape[0]),
-                "versions": io.versions(),
-            },
-        )
+        described = {"params": params, "versions": io.versions()}
+        if X is not None:
+            described["input"] = io.describe_input(source, X)
+        return described
+
+    def _fitted_attrs(self, n_samples: int) -> dict[str, Any]:
+        return {
+            "inertia": self.inertia_,
+            "n_iter": self.n_iter_,
+            "converged": self.converged_,
+            "stop_reason": self.stop_reason_,
+            "n_features_in": self.n_features_in_,
+            "n_samples": int(n_samples),
+        }
+
+    def _set_result(self, result: dict[str, Any]) -> KMeans:
+        """Take the fitted attributes from a result group read by ``io.read_result``."""
+        attrs = result["attrs"]
+        self.cluster_centers_ = result["centers"]
+        self.labels_ = result["labels"].astype(np.int32)
+        self.history_ = result["history"]
+        self.inertia_ = attrs["inertia"]
+        self.n_iter_ = attrs["n_iter"]
+        self.converged_ = attrs["converged"]
+        self.stop_reason_ = attrs["stop_reason"]
+        self.n_features_in_ = attrs["n_features_in"]
+        return self
 
 
 def load(path: str | os.PathLike) -> KMeans:
-    """A fitted KMeans from a result group written by :meth:`KMeans.save`."""
+    """A fitted KMeans from a result group written by :meth:`KMeans.save` or a checkpointed fit."""
     result = io.read_result(path)
-    attrs = result["attrs"]
-    params = dict(attrs["params"])
+    params = dict(result["attrs"]["params"])
     if isinstance(params.get("init"), list):
         params["init"] = np.asarray(params["init"])
-    model = KMeans(**params)
-    model.cluster_centers_ = result["centers"]
-    model.labels_ = result["labels"].astype(np.int32)
-    model.history_ = result["history"]
-    model.inertia_ = attrs["inertia"]
-    model.n_iter_ = attrs["n_iter"]
-    model.converged_ = attrs["converged"]
-    model.stop_reason_ = attrs["stop_reason"]
-    model.n_features_in_ = attrs["n_features_in"]
-    return model
+    return KMeans(**params)._set_result(result)
 
 
 def _print_record(record: dict) -> None:

@@ -174,6 +174,26 @@ def as_weights(sample_weight: Any, X: da.Array) -> da.Array | None:
     return w.rechunk((X.chunks[0],)) if w.chunks[0] != X.chunks[0] else w
 
 
+def describe_input(source: Any, X: da.Array) -> dict[str, Any]:
+    """A JSON-able description of the input of a fit, for its result group."""
+    if isinstance(source, str | os.PathLike):
+        kind, where = "zarr", os.fspath(source)
+    elif isinstance(source, zarr.Array):
+        kind, where = "zarr", str(source.store_path)
+    elif isinstance(source, da.Array):
+        kind, where = "dask", None
+    else:
+        kind, where = "numpy", None
+    return {
+        "kind": kind,
+        "path": where,
+        "shape": list(X.shape),
+        "dtype": str(X.dtype),
+        "row_chunk": int(X.chunks[0][0]),
+        "n_blocks": int(X.numblocks[0]),
+    }
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages a result depends on."""
     import sys
@@ -192,7 +212,7 @@ def versions() -> dict[str, str]:
 
 
 def write_result(
-    path: str | os.PathLike,
+    target: str | os.PathLike | zarr.Group,
     *,
     centers: np.ndarray,
     labels: da.Array,
@@ -201,24 +221,36 @@ def write_result(
 ) -> None:
     """Write a fit to a Zarr group; mark it complete only once all is written.
 
-    The group is replaced if it exists. A reader must check
+    ``target`` is a path/URL (the group there is replaced) or an open group
+    (a checkpoint's: its members are added or replaced). A reader must check
     ``attrs["dkmeans_complete"]`` (``read_result`` does): a run that fails or
     is killed part-way leaves a group without it.
     """
-    group = zarr.open_group(store=os.fspath(path), mode="w")
-    group.create_array("centers", data=np.asarray(centers))
+    if isinstance(target, zarr.Group):
+        group = target
+        group.attrs.pop(COMPLETE_ATTR, None)
+    else:
+        group = zarr.open_group(store=os.fspath(target), mode="w")
+    group.create_array("centers", data=np.asarray(centers), overwrite=True)
     rows = labels.chunks[0]
     if len(set(rows[:-1])) > 1 or (len(rows) > 1 and rows[-1] > rows[0]):
         labels = labels.rechunk(max(rows))  # zarr chunks are regular
-    target = group.create_array(
-        "labels", shape=labels.shape, dtype=labels.dtype, chunks=(labels.chunks[0][0],)
+    out = group.create_array(
+        "labels",
+        shape=labels.shape,
+        dtype=labels.dtype,
+        chunks=(labels.chunks[0][0],),
+        overwrite=True,
     )
-    da.store(labels, target, lock=False)
-    hist = group.create_group("history")
-    for key in ("objective", "labels_changed", "center_shift", "seconds"):
+    da.store(labels, out, lock=False)
+    hist = group.create_group("history", overwrite=True)
+    for key in HISTORY_COLUMNS:
         hist.create_array(key, data=np.array([rec[key] for rec in history], dtype=np.float64))
-    group.attrs.update(json.loads(json.dumps(dict(attrs), default=_jsonable)))
+    group.attrs.update(jsonable(dict(attrs)))
     group.attrs[COMPLETE_ATTR] = True  # last: the mark of a complete result
+
+
+HISTORY_COLUMNS = ("objective", "labels_changed", "center_shift", "reseeded", "seconds")
 
 
 def read_result(path: str | os.PathLike) -> dict[str, Any]:
@@ -240,14 +272,14 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
             f"{path!r} is not a complete dkmeans result (the run that wrote it did not finish)"
         )
     hist = group["history"]
-    keys = ("objective", "labels_changed", "center_shift", "seconds")
-    columns = {key: hist[key][:] for key in keys}
+    columns = {key: hist[key][:] for key in HISTORY_COLUMNS}
     history = [
-        {"iteration": i + 1, **{key: float(columns[key][i]) for key in keys}}
+        {"iteration": i + 1, **{key: float(columns[key][i]) for key in HISTORY_COLUMNS}}
         for i in range(len(columns["objective"]))
     ]
     for rec in history:
         rec["labels_changed"] = int(rec["labels_changed"])
+        rec["reseeded"] = int(rec["reseeded"])
     return {
         "centers": group["centers"][:],
         "labels": da.from_zarr(group["labels"]),
@@ -256,7 +288,12 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays made plain JSON types (for Zarr attributes)."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

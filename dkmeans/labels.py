@@ -93,29 +93,51 @@ class ZarrBlockIO:
 
 
 class ZarrLabelStore:
-    """Double-buffered labels in a Zarr array (a path, URL, or a temporary directory)."""
+    """Double-buffered labels in a Zarr array.
+
+    Parameters
+    ----------
+    row_chunks : tuple of int
+        Row chunks of X: one Zarr chunk per block.
+    dtype : numpy dtype
+        Label dtype (:func:`label_dtype`).
+    path : str or os.PathLike, optional
+        Where to create the array (replacing what is there); a temporary
+        directory, removed at exit, when neither this nor ``array`` is given.
+    array : zarr.Array, optional
+        An array made by :func:`create_label_array` to use instead, e.g. in a
+        checkpoint group.
+    """
 
     kind = "zarr"
 
     def __init__(
-        self, row_chunks: tuple[int, ...], dtype: np.dtype, path: str | os.PathLike | None = None
+        self,
+        row_chunks: tuple[int, ...],
+        dtype: np.dtype,
+        path: str | os.PathLike | None = None,
+        *,
+        array: zarr.Array | None = None,
     ):
         self.row_chunks = tuple(row_chunks)
         self.dtype = np.dtype(dtype)
-        if path is None:
-            path = tempfile.mkdtemp(prefix="dkmeans-labels-")
-            atexit.register(shutil.rmtree, path, ignore_errors=True)
-        self.path = os.fspath(path)
-        width = max(self.row_chunks)
-        self.array = zarr.create_array(
-            store=self.path,
-            shape=(2, len(self.row_chunks), width),
-            chunks=(1, 1, width),
-            dtype=self.dtype,
-            fill_value=-1,
-            overwrite=True,
-        )
+        if array is None:
+            if path is None:
+                path = tempfile.mkdtemp(prefix="dkmeans-labels-")
+                atexit.register(shutil.rmtree, path, ignore_errors=True)
+            array = create_label_array(os.fspath(path), self.row_chunks, self.dtype)
+        expected = (2, len(self.row_chunks), max(self.row_chunks))
+        if array.shape != expected or array.dtype != self.dtype:
+            raise ValueError(
+                f"label array {array.store_path} has shape {array.shape} and dtype "
+                f"{array.dtype}; this X needs shape {expected} and dtype {self.dtype}"
+            )
+        self.array = array
         self._current: int | None = None  # buffer holding the latest labels
+
+    def restore(self, n_passes: int) -> None:
+        """Continue after ``n_passes`` completed passes (their labels are in buffer n % 2)."""
+        self._current = n_passes % 2 if n_passes > 0 else None
 
     @property
     def returns_labels(self) -> bool:
@@ -141,6 +163,27 @@ class ZarrLabelStore:
             dtype=self.dtype,
             meta=np.empty((0,), dtype=self.dtype),
         )
+
+
+def create_label_array(
+    where: str | zarr.Group, row_chunks: tuple[int, ...], dtype: np.dtype, name: str = "labels"
+) -> zarr.Array:
+    """The (2, n_blocks, max_block_rows) double-buffered label array, filled with -1.
+
+    ``where`` is a path/URL (the array is created there, replacing what is
+    there) or a Zarr group (the array is its member ``name``).
+    """
+    width = max(row_chunks)
+    spec = {
+        "shape": (2, len(row_chunks), width),
+        "chunks": (1, 1, width),
+        "dtype": dtype,
+        "fill_value": -1,
+        "overwrite": True,
+    }
+    if isinstance(where, zarr.Group):
+        return where.create_array(name, **spec)
+    return zarr.create_array(store=where, **spec)
 
 
 def _read_block(index: np.ndarray, *, io: ZarrBlockIO, row_chunks: tuple[int, ...]):

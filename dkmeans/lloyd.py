@@ -234,9 +234,30 @@ def check_objective(previous: float, current: float, dtype: np.dtype, iteration:
         )
 
 
+@dataclass
+class LloydState:
+    """Everything needed to continue a run after a completed iteration.
+
+    With the label store's latest buffer (``n_iter % 2``), this is what a
+    checkpoint saves: continuing from it gives bitwise the same result as
+    never stopping.
+    """
+
+    centers: np.ndarray  # (k, d), dtype of X: the centers the next pass assigns to
+    n_iter: int = 0  # Lloyd iterations completed
+    history: list[dict] = field(default_factory=list)
+    tol_abs: float = 0.0  # tol x mean feature variance (known after the first pass)
+    stop_reason: str | None = None  # set once the loop has stopped
+    exact_final: bool = False  # did the last update leave the centers unchanged?
+
+    @property
+    def last_objective(self) -> float:
+        return self.history[-1]["objective"] if self.history else np.inf
+
+
 def lloyd(
     X: da.Array,
-    init_centers: np.ndarray,
+    init_centers: np.ndarray | None = None,
     *,
     store: LabelStore,
     weights: da.Array | None = None,
@@ -244,17 +265,20 @@ def lloyd(
     tol: float = 1e-4,
     split_every: int = 8,
     on_iteration: Callable[[dict], None] | None = None,
+    state: LloydState | None = None,
+    on_state: Callable[[LloydState], None] | None = None,
 ) -> LloydResult:
-    """Run Lloyd's algorithm from given centers.
+    """Run Lloyd's algorithm from given centers, or continue a saved run.
 
     Parameters
     ----------
     X : dask.array.Array of shape (n, d)
         Float data, one chunk along columns.
-    init_centers : ndarray of shape (k, d)
-        Starting centers.
+    init_centers : ndarray of shape (k, d), optional
+        Starting centers (when not continuing from ``state``).
     store : LabelStore
         Where labels are kept between passes (and read from afterwards).
+        When continuing, it must hold the labels of ``state.n_iter`` passes.
     weights : dask.array.Array of shape (n,), optional
         Sample weights, chunked like X's rows.
     max_iter : int
@@ -266,26 +290,31 @@ def lloyd(
         Fan-in of the reduction tree.
     on_iteration : callable, optional
         Called with each iteration's history record as soon as it is known.
+    state : LloydState, optional
+        A saved run to continue instead of starting from ``init_centers``.
+    on_state : callable, optional
+        Called with the state after the initial centers are set, after every
+        iteration, and when the loop stops (for checkpoints).
 
     Returns
     -------
     LloydResult
     """
+    if state is None:
+        if init_centers is None:
+            raise ValueError("lloyd needs init_centers or a state to continue")
+        state = LloydState(centers=np.asarray(init_centers, dtype=X.dtype))
+        if on_state is not None:
+            on_state(state)
     # Dask runs one block per thread; BLAS threads inside would oversubscribe
     # the cores. (Distributed workers already start with one BLAS thread.)
     with threadpool_limits(limits=1, user_api="blas"):
-        centers = np.asarray(init_centers, dtype=X.dtype)
-        history: list[dict] = []
-        tol_abs = 0.0
-        stop_reason = MAX_ITER
-        previous_objective = np.inf
-        exact_final = False  # are the labels consistent with the final centers?
-        n_iter = 0
-        for iteration in range(max_iter):
+        while state.stop_reason is None and state.n_iter < max_iter:
+            iteration = state.n_iter
             start = time.perf_counter()
             totals = lloyd_pass(
                 X,
-                centers,
+                state.centers,
                 store=store,
                 iteration=iteration,
                 weights=weights,
@@ -293,9 +322,9 @@ def lloyd(
                 first_pass=iteration == 0,
             )
             if iteration == 0 and tol > 0:
-                tol_abs = tol * float(np.mean(totals.moments.variance))
-            new_centers, n_reseeded = update_centers(totals, centers)
-            shift = float(np.sum((new_centers.astype(np.float64) - centers) ** 2))
+                state.tol_abs = tol * float(np.mean(totals.moments.variance))
+            new_centers, n_reseeded = update_centers(totals, state.centers)
+            shift = float(np.sum((new_centers.astype(np.float64) - state.centers) ** 2))
             record = {
                 "iteration": iteration + 1,
                 "objective": totals.objective,
@@ -304,33 +333,41 @@ def lloyd(
                 "reseeded": n_reseeded,
                 "seconds": time.perf_counter() - start,
             }
-            history.append(record)
-            check_objective(previous_objective, totals.objective, X.dtype, iteration + 1)
-            previous_objective = totals.objective
+            check_objective(state.last_objective, totals.objective, X.dtype, iteration + 1)
+            state.history.append(record)
+            state.n_iter = iteration + 1
+            state.exact_final = bool(np.array_equal(new_centers, state.centers))
+            state.centers = new_centers
+            if totals.changed == 0:
+                state.stop_reason = FIXED_POINT
+            elif shift <= state.tol_abs:
+                state.stop_reason = TOL
+            elif state.n_iter >= max_iter:
+                state.stop_reason = MAX_ITER
+            if on_state is not None:
+                on_state(state)
             if on_iteration is not None:
                 on_iteration(record)
-            n_iter = iteration + 1
-            exact_final = bool(np.array_equal(new_centers, centers))
-            centers = new_centers
-            if totals.changed == 0:
-                stop_reason = FIXED_POINT
-                break
-            if shift <= tol_abs:
-                stop_reason = TOL
-                break
+        if state.stop_reason is None:  # continued with a max_iter already reached
+            state.stop_reason = MAX_ITER
 
-        if stop_reason == FIXED_POINT and exact_final:
-            inertia = previous_objective
+        if state.stop_reason == FIXED_POINT and state.exact_final:
+            inertia = state.last_objective
         else:  # make the labels match the final centers (an assignment-only pass)
             totals = lloyd_pass(
-                X, centers, store=store, iteration=n_iter, weights=weights, split_every=split_every
+                X,
+                state.centers,
+                store=store,
+                iteration=state.n_iter,
+                weights=weights,
+                split_every=split_every,
             )
             inertia = totals.objective
-            check_objective(previous_objective, inertia, X.dtype, n_iter)
+            check_objective(state.last_objective, inertia, X.dtype, state.n_iter)
         return LloydResult(
-            centers=centers,
+            centers=state.centers,
             inertia=float(inertia),
-            n_iter=n_iter,
-            stop_reason=stop_reason,
-            history=history,
+            n_iter=state.n_iter,
+            stop_reason=state.stop_reason,
+            history=state.history,
         )

@@ -100,10 +100,11 @@ def test_zarr_label_store_at_a_path_is_double_buffered(blobs, tmp_path):
     np.testing.assert_array_equal(memory.labels_.compute(), model.labels_.compute())
 
 
-def test_zarr_label_store_handles_irregular_chunks(blobs):
+def test_zarr_label_store_handles_irregular_chunks(blobs, tmp_path):
     arr = da.from_array(blobs, chunks=((1000, 7, 1993), (4,)))
-    store = ZarrLabelStore(arr.chunks[0], np.dtype(np.int8))
-    model = KMeans(5, init=general_position_init(blobs, 5, 2), label_store=store.path).fit(arr)
+    path = tmp_path / "labels.zarr"
+    model = KMeans(5, init=general_position_init(blobs, 5, 2), label_store=path).fit(arr)
+    assert zarr.open_array(str(path), mode="r").shape == (2, 3, 1993)
     assert model.labels_.chunks[0] == (1000, 7, 1993)
     labels, _ = reference.assign(blobs, model.cluster_centers_)
     np.testing.assert_array_equal(model.labels_.compute(), labels)
@@ -118,13 +119,7 @@ def test_save_and_load_roundtrip(fitted, blobs, tmp_path):
     loaded = load(path)
     np.testing.assert_array_equal(loaded.cluster_centers_, fitted.cluster_centers_)
     np.testing.assert_array_equal(loaded.labels_.compute(), fitted.labels_.compute())
-    assert loaded.history_ == [
-        {
-            k: rec[k]
-            for k in ("iteration", "objective", "labels_changed", "center_shift", "seconds")
-        }
-        for rec in fitted.history_
-    ]
+    assert loaded.history_ == fitted.history_
     assert (loaded.inertia_, loaded.n_iter_, loaded.stop_reason_) == (
         fitted.inertia_,
         fitted.n_iter_,
