@@ -6,6 +6,16 @@ import os
 
 import numpy as np
 import zarr
+from zarr import codecs
+
+# Compressor names accepted by make_blobs_zarr (and ``dkmeans make-blobs``).
+COMPRESSORS = {
+    "default": "auto",  # Zarr's default (zstd for v3 arrays)
+    "none": None,
+    "zstd": codecs.ZstdCodec(),
+    "blosc": codecs.BloscCodec(),
+    "gzip": codecs.GzipCodec(),
+}
 
 
 def make_blobs_zarr(
@@ -19,6 +29,7 @@ def make_blobs_zarr(
     cluster_std: float = 1.0,
     center_box: float = 10.0,
     seed: int = 0,
+    compressor: str = "default",
 ) -> zarr.Array:
     """Write Gaussian blobs to a Zarr array, one row chunk at a time.
 
@@ -43,11 +54,15 @@ def make_blobs_zarr(
         Blob centers are uniform in [-center_box, center_box].
     seed : int
         Seed of the centers and every block.
+    compressor : {"default", "none", "zstd", "blosc", "gzip"}
+        How chunks are compressed ("default": Zarr's default).
 
     Returns
     -------
     zarr.Array
     """
+    if compressor not in COMPRESSORS:
+        raise ValueError(f"compressor must be one of {', '.join(COMPRESSORS)}, got {compressor!r}")
     centers = np.random.default_rng(seed).uniform(
         -center_box, center_box, size=(n_centers, n_features)
     )
@@ -56,6 +71,7 @@ def make_blobs_zarr(
         shape=(n_samples, n_features),
         chunks=(min(chunk_rows, n_samples), n_features),
         dtype=dtype,
+        compressors=COMPRESSORS[compressor],
         overwrite=True,
     )
     for start in range(0, n_samples, chunk_rows):

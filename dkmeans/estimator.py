@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from dkmeans import io, kernel, lloyd, validation
+from dkmeans import io, kernel, lloyd, progress, validation
 from dkmeans.checkpoint import Checkpoint, check_fingerprint, fingerprint
 from dkmeans.checkpoint import status as checkpoint_status
 from dkmeans.init import check_random_state, initial_centers
@@ -65,7 +65,8 @@ class KMeans:
         Rows k-means++ samples when X is too large to use whole (default
         131072).
     verbose : bool, default=False
-        Print one line per iteration.
+        Report every iteration: a line per iteration (through the "dkmeans"
+        logger if it has a handler), or an updating table in Jupyter.
 
     Attributes
     ----------
@@ -256,6 +257,7 @@ class KMeans:
                     attrs=self._describe(source, X),
                 )
             store = ckpt.label_store
+        reporter = progress.IterationReporter() if self.verbose else None
         centers = None
         if state is None:
             centers = initial_centers(
@@ -274,7 +276,7 @@ class KMeans:
             max_iter=params["max_iter"],
             tol=params["tol"],
             split_every=params["split_every"],
-            on_iteration=_print_record if self.verbose else None,
+            on_iteration=reporter,
             state=state,
             on_state=None if ckpt is None else ckpt.save,
         )
@@ -292,8 +294,8 @@ class KMeans:
                 centers=result.centers, history=result.history, attrs=self._fitted_attrs(n_samples)
             )
             self.labels_ = da.from_zarr(ckpt.group["labels"]).astype(np.int32)
-        if self.verbose:
-            print(
+        if reporter is not None:
+            reporter.finish(
                 f"stopped: {result.stop_reason} after {result.n_iter} iterations, "
                 f"inertia {result.inertia:.6g}"
             )
@@ -431,15 +433,6 @@ def load(path: str | os.PathLike) -> KMeans:
     if isinstance(params.get("init"), list):
         params["init"] = np.asarray(params["init"])
     return KMeans(**params)._set_result(result)
-
-
-def _print_record(record: dict) -> None:
-    print(
-        f"iter {record['iteration']:4d}  objective {record['objective']:.10g}  "
-        f"changed {record['labels_changed']:>10d}  shift {record['center_shift']:.3e}  "
-        f"{record['seconds']:.2f}s",
-        flush=True,
-    )
 
 
 def _block_location(block_info) -> tuple[int, int]:

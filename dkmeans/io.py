@@ -51,9 +51,8 @@ def open_zarr_array(path: str | os.PathLike, name: str = "X") -> zarr.Array:
     try:
         node = zarr.open(store=path, mode="r")
     except FileNotFoundError as err:
-        raise InputNotFoundError(
-            f"{name}: no Zarr array at {path!r} (path does not exist)"
-        ) from err
+        why = "no Zarr metadata there" if os.path.exists(path) else "path does not exist"
+        raise InputNotFoundError(f"{name}: no Zarr array at {path!r} ({why})") from err
     except Exception as err:  # zarr raises several kinds for "not zarr here"
         raise InputNotFoundError(f"{name}: {path!r} is not a Zarr array ({err})") from err
     if isinstance(node, zarr.Group):
@@ -232,22 +231,28 @@ def write_result(
     else:
         group = zarr.open_group(store=os.fspath(target), mode="w")
     group.create_array("centers", data=np.asarray(centers), overwrite=True)
-    rows = labels.chunks[0]
-    if len(set(rows[:-1])) > 1 or (len(rows) > 1 and rows[-1] > rows[0]):
-        labels = labels.rechunk(max(rows))  # zarr chunks are regular
-    out = group.create_array(
-        "labels",
-        shape=labels.shape,
-        dtype=labels.dtype,
-        chunks=(labels.chunks[0][0],),
-        overwrite=True,
-    )
-    da.store(labels, out, lock=False)
+    write_labels(group, "labels", labels)
     hist = group.create_group("history", overwrite=True)
     for key in HISTORY_COLUMNS:
         hist.create_array(key, data=np.array([rec[key] for rec in history], dtype=np.float64))
     group.attrs.update(jsonable(dict(attrs)))
     group.attrs[COMPLETE_ATTR] = True  # last: the mark of a complete result
+
+
+def write_labels(group: zarr.Group, name: str, labels: da.Array) -> zarr.Array:
+    """Store a dask array of labels as member ``name`` of ``group``, chunked like its rows.
+
+    Irregular row chunks (allowed in dask, not in Zarr) become regular ones
+    of the largest size. Each task writes whole Zarr chunks: no locks needed.
+    """
+    rows = labels.chunks[0]
+    if len(set(rows[:-1])) > 1 or (len(rows) > 1 and rows[-1] > rows[0]):
+        labels = labels.rechunk(max(rows))
+    out = group.create_array(
+        name, shape=labels.shape, dtype=labels.dtype, chunks=(labels.chunks[0][0],), overwrite=True
+    )
+    da.store(labels, out, lock=False)
+    return out
 
 
 HISTORY_COLUMNS = ("objective", "labels_changed", "center_shift", "reseeded", "seconds")

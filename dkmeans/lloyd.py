@@ -29,7 +29,7 @@ import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dkmeans import kernel, validation
+from dkmeans import kernel, progress, validation
 from dkmeans.labels import LabelStore, ZarrBlockIO
 from dkmeans.reduce import ChunkStats, tree_reduce
 
@@ -172,16 +172,17 @@ def lloyd_pass(
         first_pass=first_pass,
     )
     totals = tree_reduce(parts, split_every=split_every, n_farthest=len(centers))
+    labels = None
     if store.returns_labels:
         labels = parts.map_blocks(
             _labels_of, chunks=(X.chunks[0],), dtype=store.dtype, meta=np.empty((0,), store.dtype)
         )
         # One graph run: labels stay persisted where they were computed.
         labels, totals = dask.persist(labels, totals)
-        totals = totals.compute()
     else:
-        (totals,) = dask.compute(totals)
-        labels = None
+        (totals,) = dask.persist(totals)
+    progress.watch(totals)  # a progress bar under dask.distributed, when asked for
+    totals = totals.compute()
     store.finish_pass(iteration, labels)
     return totals
 

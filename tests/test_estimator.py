@@ -7,7 +7,7 @@ import zarr
 from sklearn.base import clone
 
 from dkmeans import KMeans, load
-from dkmeans.labels import ZarrLabelStore, label_dtype
+from dkmeans.labels import label_dtype
 from tests import reference
 from tests.conftest import general_position_init
 

@@ -1,0 +1,294 @@
+"""The ``dkmeans`` command: batch k-means jobs from YAML files.
+
+::
+
+    dkmeans fit JOB.yaml [--resume] [--set KEY=VALUE]... [--input P] [--output P]
+                         [--n-clusters K] [--max-iter N] [--scheduler S] [-v | -q] [--progress]
+    dkmeans make-blobs PATH --n-samples N --n-features D --n-centers K [...]
+    dkmeans predict MODEL INPUT OUTPUT [--scheduler S] [--overwrite]
+    dkmeans info GROUP [--json]
+
+Exit status: 0 on success, 2 for bad input (job file, flags, data: a one-line
+message naming what is wrong), 1 for any other failure (with a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dask.array as da
+import zarr
+
+from dkmeans import checkpoint, io, jobs, progress
+from dkmeans.datasets import COMPRESSORS, make_blobs_zarr
+from dkmeans.estimator import KMeans, load
+
+logger = logging.getLogger("dkmeans")
+
+# Errors that mean "the input is wrong": a one-line message and exit status 2.
+USER_ERRORS = (jobs.JobError, ValueError, TypeError, FileNotFoundError)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dkmeans", description="Exact k-means for arrays larger than memory, on Dask."
+    )
+    verbosity = argparse.ArgumentParser(add_help=False)
+    group = verbosity.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = commands.add_parser(
+        "fit", parents=[verbosity], help="run the k-means job described by a YAML file"
+    )
+    fit.add_argument("job", help="job file (see config/README.md)")
+    fit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished fit saved at output.path (or start one if none)",
+    )
+    fit.add_argument(
+        "-s",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the job file, e.g. --set model.n_clusters=16 (repeatable)",
+    )
+    for flag, key in SHORTCUTS.items():
+        fit.add_argument(f"--{flag}", dest=key, default=None, metavar="VALUE", help=f"= {key}")
+    fit.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar during each pass (default: when stderr is a terminal)",
+    )
+
+    blobs = commands.add_parser(
+        "make-blobs", parents=[verbosity], help="write Gaussian blobs to a Zarr array, by block"
+    )
+    blobs.add_argument("path", help="Zarr array to create (replaced if present)")
+    blobs.add_argument("--n-samples", type=_positive_int, required=True)
+    blobs.add_argument("--n-features", type=_positive_int, required=True)
+    blobs.add_argument("--n-centers", type=_positive_int, required=True)
+    blobs.add_argument("--chunk-rows", type=_positive_int, default=250_000)
+    blobs.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    blobs.add_argument("--cluster-std", type=float, default=1.0)
+    blobs.add_argument("--seed", type=int, default=0)
+    blobs.add_argument("--compressor", choices=list(COMPRESSORS), default="default")
+
+    predict = commands.add_parser(
+        "predict", parents=[verbosity], help="label a Zarr array with a saved model"
+    )
+    predict.add_argument("model", help="result group of a fit")
+    predict.add_argument("input", help="Zarr array (n, d) to label")
+    predict.add_argument("output", help="Zarr array (n,) of int32 labels to write")
+    predict.add_argument("--scheduler", default="threads", help="as dask.scheduler in a job")
+    predict.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+
+    info = commands.add_parser(
+        "info", parents=[verbosity], help="describe a result group (or an unfinished fit)"
+    )
+    info.add_argument("group", help="result group")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+# fit flags that stand for a key of the job file.
+SHORTCUTS = {
+    "input": "input.path",
+    "output": "output.path",
+    "n-clusters": "model.n_clusters",
+    "max-iter": "model.max_iter",
+    "scheduler": "dask.scheduler",
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = dict(jobs.parse_override(text) for text in args.set)
+    for key in SHORTCUTS.values():
+        text = getattr(args, key)
+        if text is not None:
+            overrides[key] = jobs.parse_override(f"{key}={text}")[1]
+    return overrides
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    job = jobs.load_job(args.job, _overrides(args), resume=args.resume)
+    output = job["output.path"]
+    found = checkpoint.status(output)
+    if args.resume and found == "complete":
+        logger.info("%s already holds the complete result of this job; nothing to do", output)
+    elif args.resume and found == "checkpoint":
+        logger.info("continuing the unfinished fit saved at %s", output)
+    model = KMeans(
+        job["model.n_clusters"],
+        init=jobs.init_value(job),
+        max_iter=job["model.max_iter"],
+        tol=job["model.tol"],
+        random_state=job["model.random_state"],
+        split_every=job["model.split_every"],
+        init_sample_size=job["model.init_sample_size"],
+        verbose=True,
+    )
+    weights = job["input.sample_weight"]
+    show_bars = sys.stderr.isatty() if args.progress is None else args.progress
+    start = time.perf_counter()
+    with jobs.scheduler(job.section("dask")), progress.pass_bars(show_bars):
+        if weights is not None:
+            weights = da.from_zarr(io.open_zarr_array(weights, "input.sample_weight"))
+        model.fit(
+            job["input.path"],
+            sample_weight=weights,
+            checkpoint=output,
+            resume=args.resume and found in ("checkpoint", "complete"),
+        )
+    logger.info(
+        "result: %s (%d iterations, %s, inertia %.10g) in %.1fs",
+        output,
+        model.n_iter_,
+        model.stop_reason_,
+        model.inertia_,
+        time.perf_counter() - start,
+    )
+    return 0
+
+
+def cmd_make_blobs(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    array = make_blobs_zarr(
+        args.path,
+        n_samples=args.n_samples,
+        n_features=args.n_features,
+        n_centers=args.n_centers,
+        chunk_rows=args.chunk_rows,
+        dtype=args.dtype,
+        cluster_std=args.cluster_std,
+        seed=args.seed,
+        compressor=args.compressor,
+    )
+    logger.info(
+        "wrote %s: %d x %d %s, chunks of %d rows, in %.1fs",
+        args.path,
+        *array.shape,
+        array.dtype,
+        array.chunks[0],
+        time.perf_counter() - start,
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    cfg = jobs.dask_defaults(scheduler=args.scheduler)
+    model = load(args.model)
+    io.open_zarr_array(args.input, "INPUT")  # a clear error before anything is written
+    if checkpoint.status(args.output) != "absent" and not args.overwrite:
+        raise jobs.JobError(f"OUTPUT {args.output!r} exists; give --overwrite to replace it")
+    with jobs.scheduler(cfg):
+        labels = model.predict(args.input)
+        # A group-less array: written whole, then marked complete (last).
+        root = zarr.open_group(store=args.output, mode="w")
+        io.write_labels(root, "labels", labels)
+        root.attrs.update({"model": args.model, "input": args.input, io.COMPLETE_ATTR: True})
+    logger.info("wrote %s/labels: %d labels", args.output, labels.shape[0])
+    return 0
+
+
+def describe(path: str) -> dict[str, Any]:
+    """What ``dkmeans info`` shows: a result group, or the saved state of an unfinished fit."""
+    found = checkpoint.status(path)
+    if found == "complete":
+        result = io.read_result(path)
+        return {"status": "complete", **result["attrs"], "history": result["history"]}
+    if found == "checkpoint":
+        group = zarr.open_group(store=path, mode="r")
+        state = group[checkpoint.CHECKPOINT].attrs.get("state", {"n_iter": 0, "history": []})
+        return {"status": "unfinished", **dict(group.attrs), **state}
+    raise jobs.JobError(f"GROUP {path!r}: not a dkmeans result group ({found})")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = describe(args.group)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{args.group}: {info['status']}")
+    for key in ("input", "params"):
+        if key in info:
+            print(f"{key}:")
+            for name, value in info[key].items():
+                print(f"  {name}: {value}")
+    if info["status"] == "complete":
+        print(
+            f"iterations: {info['n_iter']}  stop reason: {info['stop_reason']}  "
+            f"converged: {info['converged']}  inertia: {info['inertia']:.10g}"
+        )
+    else:
+        print(f"iterations saved: {info['n_iter']}  stop reason: {info.get('stop_reason')}")
+    print("history:")
+    for record in info["history"]:
+        print("  " + progress.format_record(record))
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items()))
+    return 0
+
+
+COMMANDS = {
+    "fit": cmd_fit,
+    "make-blobs": cmd_make_blobs,
+    "predict": cmd_predict,
+    "info": cmd_info,
+}
+
+
+@contextlib.contextmanager
+def _logging_to_stdout(args: argparse.Namespace) -> Iterator[None]:
+    """Route the "dkmeans" logger to stdout for one command (restored afterwards)."""
+    handler = logging.StreamHandler(sys.stdout)
+    if args.verbose:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(
+        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    )
+    try:
+        yield
+    finally:
+        logger.handlers[:], level, logger.propagate = saved
+        logger.setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``dkmeans`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    with _logging_to_stdout(args):
+        try:
+            return COMMANDS[args.command](args)
+        except USER_ERRORS as err:
+            if args.verbose:
+                logger.exception("failed")
+            message = " ".join(str(err).split())  # one line
+            print(f"dkmeans {args.command}: error: {message}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Checkpointed fits: the state is saved every iteration and a continued fit ends bitwise equal.
+
+Interruptions here are exceptions raised at chosen points inside the fit (after
+a checkpoint is saved, while one is being saved, while the result is being
+written); tests/test_cli.py kills a real process with SIGKILL.
+"""
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from dkmeans import CheckpointMismatchError, KMeans, checkpoint, io, load
+from dkmeans.datasets import make_blobs_zarr
+
+
+class Interrupted(BaseException):
+    """Stands for a kill: not an Exception, so nothing on the way handles it."""
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "x.zarr"
+    make_blobs_zarr(
+        path, n_samples=30_000, n_features=5, n_centers=6, chunk_rows=4_000, cluster_std=3.0
+    )
+    return str(path)
+
+
+def _model(**params):
+    return KMeans(6, init="random", random_state=4, tol=0, max_iter=40, **params)
+
+
+@pytest.fixture(scope="module")
+def reference(data_path):
+    return _model().fit(data_path)
+
+
+def _assert_same_fit(a, b):
+    assert np.array_equal(a.cluster_centers_, b.cluster_centers_)  # bitwise
+    assert a.inertia_ == b.inertia_ and a.n_iter_ == b.n_iter_
+    assert a.stop_reason_ == b.stop_reason_
+    assert [r["objective"] for r in a.history_] == [r["objective"] for r in b.history_]
+    np.testing.assert_array_equal(a.labels_.compute(), b.labels_.compute())
+
+
+def test_checkpointed_fit_equals_plain_fit_and_leaves_a_result_group(
+    data_path, reference, tmp_path
+):
+    out = tmp_path / "out.zarr"
+    model = _model().fit(data_path, checkpoint=out)
+    assert reference.n_iter_ > 5  # enough iterations for the interruption tests
+    _assert_same_fit(model, reference)
+    group = zarr.open_group(str(out), mode="r")
+    assert checkpoint.status(out) == "complete"
+    assert checkpoint.CHECKPOINT not in group  # the state is dropped once the result is in
+    assert group["labels"].chunks == (4_000,)  # the row chunks of X
+    assert group.attrs["input"]["path"] == data_path
+    assert group.attrs["fingerprint"]["n_clusters"] == 6
+    _assert_same_fit(load(out), reference)
+
+
+def _interrupt_save_at(monkeypatch, call: int, before_writing: bool):
+    """Make Checkpoint.save raise on its ``call``-th call, before or after it writes."""
+    original = checkpoint.Checkpoint.save
+    calls = []
+
+    def save(self, state):
+        calls.append(state.n_iter)
+        if len(calls) == call and before_writing:
+            raise Interrupted
+        original(self, state)
+        if len(calls) == call:
+            raise Interrupted
+
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", save)
+
+
+@pytest.mark.parametrize(
+    ("call", "before_writing"),
+    [(1, False), (1, True), (2, True), (4, False), (6, True)],
+    ids=["after-init", "before-init-saved", "first-iteration", "after-iter-3", "in-iter-5"],
+)
+def test_interrupted_fit_continues_to_the_same_result(
+    data_path, reference, tmp_path, monkeypatch, call, before_writing
+):
+    out = tmp_path / "out.zarr"
+    _interrupt_save_at(monkeypatch, call, before_writing)
+    with pytest.raises(Interrupted):
+        _model().fit(data_path, checkpoint=out)
+    monkeypatch.undo()
+    assert checkpoint.status(out) == "checkpoint"
+    with pytest.raises(ValueError, match="not a complete dkmeans result"):
+        load(out)
+    saved = zarr.open_group(str(out), mode="r")[checkpoint.CHECKPOINT].attrs.get("state")
+    expected_saved = call - 1 if before_writing else call
+    assert (0 if saved is None else saved["n_iter"] + 1) == expected_saved
+    # Killed before the initial centers were saved, the fit starts again (same
+    # seed, same result); otherwise it must not initialise again, so a
+    # different seed cannot change the result.
+    seed = 4 if saved is None else 99
+    resumed = KMeans(6, init="random", random_state=seed, tol=0, max_iter=40).fit(
+        data_path, checkpoint=out, resume=True
+    )
+    _assert_same_fit(resumed, reference)
+    assert checkpoint.status(out) == "complete"
+    _assert_same_fit(load(out), reference)
+
+
+def test_interrupted_result_write_never_looks_complete(
+    data_path, reference, tmp_path, monkeypatch
+):
+    out = tmp_path / "out.zarr"
+
+    def failing_write(*args, **kwargs):
+        raise Interrupted
+
+    monkeypatch.setattr(io, "write_labels", failing_write)
+    with pytest.raises(Interrupted):
+        _model().fit(data_path, checkpoint=out)
+    monkeypatch.undo()
+    assert checkpoint.status(out) == "checkpoint"
+    _assert_same_fit(_model().fit(data_path, checkpoint=out, resume=True), reference)
+
+
+def test_resume_of_a_complete_fit_reads_it(data_path, reference, tmp_path, monkeypatch):
+    out = tmp_path / "out.zarr"
+    first = _model().fit(data_path, checkpoint=out)
+    monkeypatch.setattr(checkpoint.Checkpoint, "create", None)  # any new work would fail
+    again = _model().fit(data_path, checkpoint=out, resume=True)
+    _assert_same_fit(again, first)
+    assert again.history_ == first.history_  # read back, seconds included: nothing re-run
+
+
+def test_resume_without_a_checkpoint_starts_a_fit(data_path, reference, tmp_path):
+    model = _model().fit(data_path, checkpoint=tmp_path / "new.zarr", resume=True)
+    _assert_same_fit(model, reference)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"n_clusters": 5}, "n_clusters: saved 6, now 5"),
+        ({"tol": 1e-3}, "tol: saved 0.0, now 0.001"),
+        ({"split_every": 3}, "split_every"),
+        ({"chunks": 3_000}, "row_chunks_sha256"),
+    ],
+)
+def test_resume_refuses_a_different_fit(data_path, tmp_path, monkeypatch, change, named):
+    out = tmp_path / "out.zarr"
+    _interrupt_save_at(monkeypatch, 3, before_writing=False)
+    with pytest.raises(Interrupted):
+        _model().fit(data_path, checkpoint=out)
+    monkeypatch.undo()
+    X = da.from_zarr(data_path)
+    if "chunks" in change:
+        X = X.rechunk((change.pop("chunks"), -1))
+    params = _model().get_params() | change
+    with pytest.raises(CheckpointMismatchError, match=named):
+        KMeans(**params).fit(X, checkpoint=out, resume=True)
+    assert checkpoint.status(out) == "checkpoint"  # untouched: still resumable

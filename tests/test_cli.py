@@ -1,0 +1,349 @@
+"""The dkmeans command: job files, fit/predict/info/make-blobs, kill and resume, a real cluster."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from dkmeans import KMeans, checkpoint, jobs, load
+from dkmeans.cli import main
+from dkmeans.datasets import make_blobs_zarr
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "x.zarr"
+    make_blobs_zarr(
+        path, n_samples=40_000, n_features=6, n_centers=5, chunk_rows=5_000, cluster_std=4.0
+    )
+    return str(path)
+
+
+def write_job(tmp_path, data_path, **sections):
+    """A job file: the given sections on top of a small default job."""
+    job = {
+        "input": {"path": data_path},
+        "output": {"path": str(tmp_path / "out.zarr")},
+        "model": {"n_clusters": 5, "init": "random", "tol": 0, "random_state": 1},
+    }
+    for name, body in sections.items():
+        job[name] = {**job.get(name, {}), **body}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return str(path)
+
+
+def api_fit(data_path, **params):
+    defaults = {"n_clusters": 5, "init": "random", "tol": 0, "random_state": 1}
+    return KMeans(**(defaults | params)).fit(data_path)
+
+
+def assert_same(a, b):
+    assert np.array_equal(a.cluster_centers_, b.cluster_centers_)  # bitwise
+    assert a.inertia_ == b.inertia_ and a.n_iter_ == b.n_iter_
+    assert [r["objective"] for r in a.history_] == [r["objective"] for r in b.history_]
+    np.testing.assert_array_equal(a.labels_.compute(), b.labels_.compute())
+
+
+# -- job files -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", sorted(CONFIG.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_job_files_are_valid(example, data_path, tmp_path):
+    """Every example validates (its paths pointed at real data), and uses known keys only."""
+    job = jobs.load_job(
+        example, {"input.path": data_path, "output.path": str(tmp_path / "o.zarr")}
+    )
+    raw = yaml.safe_load(example.read_text())
+    assert {f"{s}.{k}" for s, body in raw.items() for k in body} <= set(jobs.FIELDS)
+    assert job["model.n_clusters"] == raw["model"]["n_clusters"]
+
+
+def test_every_job_key_is_documented():
+    readme = (CONFIG / "README.md").read_text()
+    missing = [key for key in jobs.FIELDS if f"`{key}`" not in readme]
+    assert not missing, f"keys not documented in config/README.md: {missing}"
+
+
+BAD_JOBS = [
+    (
+        {"model": {"n_cluster": 5}},
+        "unknown key 'model.n_cluster' (did you mean 'model.n_clusters'?)",
+    ),
+    ({"modle": {"n_clusters": 5}}, "unknown section 'modle' (did you mean 'model'?)"),
+    ({"model": {"n_clusters": "five"}}, "model.n_clusters must be an integer, got 'five'"),
+    ({"model": {"max_iter": 0}}, "model.max_iter must be >= 1"),
+    ({"model": {"tol": -1}}, "model.tol must be a real number >= 0"),
+    ({"model": {"n_clusters": 10**6}}, "n_clusters=1000000 is larger than the number of samples"),
+    (
+        {"input": {"path": "/nonexistent/x.zarr"}},
+        "input.path: no Zarr array at '/nonexistent/x.zarr'",
+    ),
+    ({"input": {"sample_weight": "/nonexistent/w.zarr"}}, "input.sample_weight: no Zarr array"),
+    ({"dask": {"scheduler": "thread"}}, "dask.scheduler must be one of threads"),
+    ({"dask": {"memory_limit": "lots"}}, "dask.memory_limit must be a size"),
+    ({"output": {"overwrite": "yes please"}}, "output.overwrite must be bool"),
+]
+
+
+@pytest.mark.parametrize(("sections", "message"), BAD_JOBS, ids=[m for _, m in BAD_JOBS])
+def test_bad_job_file_is_one_clear_line_and_nothing_is_written(
+    data_path, tmp_path, capsys, sections, message
+):
+    job = write_job(tmp_path, data_path, **sections)
+    assert main(["fit", job]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and job in err and message in err, err
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_missing_required_key_and_bad_yaml(tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text("model: {n_clusters: 3}\n")
+    assert main(["fit", str(job)]) == 2
+    assert "missing required key 'input.path'" in capsys.readouterr().err
+    job.write_text("model: [unclosed\n")
+    assert main(["fit", str(job)]) == 2
+    assert f"{job}: not valid YAML" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "nope.yaml")]) == 2
+    assert "job file not found" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:The data type")  # zarr: no v3 spec for fixed strings
+def test_input_that_is_not_a_2d_numeric_zarr_array(tmp_path, capsys):
+    zarr.create_array(str(tmp_path / "v.zarr"), shape=(10,), dtype="f4")
+    zarr.create_array(str(tmp_path / "s.zarr"), shape=(10, 2), dtype="<U3")
+    (tmp_path / "plain").mkdir()
+    for path, message in [
+        ("v.zarr", "2D"),
+        ("s.zarr", "must hold numbers"),
+        ("plain", "no Zarr metadata there"),
+    ]:
+        job = write_job(tmp_path, str(tmp_path / path), model={"n_clusters": 2})
+        assert main(["fit", job]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "input.path" in err, err
+    assert not (tmp_path / "out.zarr").exists()
+
+
+# -- fit, info, predict, make-blobs ------------------------------------------------
+
+
+def test_cli_fit_equals_the_api_and_prints_one_line_per_iteration(data_path, tmp_path, capsys):
+    job = write_job(tmp_path, data_path)
+    assert main(["fit", job]) == 0
+    out = capsys.readouterr().out
+    fitted = load(tmp_path / "out.zarr")
+    assert_same(fitted, api_fit(data_path))
+    iteration_lines = [line for line in out.splitlines() if line.startswith("iter ")]
+    assert len(iteration_lines) == fitted.n_iter_
+    assert re.search(r"result: .*out.zarr \(\d+ iterations, fixed point", out)
+
+
+def test_flags_override_the_job_file(data_path, tmp_path, capsys):
+    job = write_job(tmp_path, data_path)
+    other = tmp_path / "other.zarr"
+    code = main(
+        ["fit", job, "--n-clusters", "3", "--output", str(other), "--set", "model.max_iter=2"]
+    )
+    assert code == 0
+    fitted = load(other)
+    assert fitted.n_clusters == 3 and fitted.n_iter_ == 2 and fitted.stop_reason_ == "max_iter"
+    assert not (tmp_path / "out.zarr").exists()
+    assert main(["fit", job, "--set", "model.n_clusters"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_existing_output_is_not_clobbered(data_path, tmp_path, capsys):
+    job = write_job(tmp_path, data_path)
+    assert main(["fit", job, "-q"]) == 0
+    assert capsys.readouterr().out == ""  # --quiet
+    assert main(["fit", job]) == 2
+    assert "already holds a complete result" in capsys.readouterr().err
+    assert main(["fit", job, "--resume"]) == 0  # done already: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+    assert main(["fit", job, "--set", "output.overwrite=true", "-q"]) == 0
+
+
+def test_info_text_and_json(data_path, tmp_path, capsys):
+    job = write_job(tmp_path, data_path)
+    main(["fit", job, "-q"])
+    group = str(tmp_path / "out.zarr")
+    assert main(["info", group]) == 0
+    text = capsys.readouterr().out
+    fitted = load(group)
+    assert f"iterations: {fitted.n_iter_}  stop reason: fixed point" in text
+    assert text.count("  iter ") == fitted.n_iter_ and "versions: dkmeans" in text
+    assert main(["info", group, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["status"] == "complete" and info["params"]["n_clusters"] == 5
+    assert [r["objective"] for r in info["history"]] == [r["objective"] for r in fitted.history_]
+    assert info["input"]["path"] == data_path and "zarr" in info["versions"]
+    assert main(["info", str(tmp_path)]) == 2
+
+
+def test_predict_writes_labels_like_the_model(data_path, tmp_path, capsys):
+    job = write_job(tmp_path, data_path)
+    main(["fit", job, "-q"])
+    labels_path = str(tmp_path / "labels.zarr")
+    assert main(["predict", str(tmp_path / "out.zarr"), data_path, labels_path]) == 0
+    written = zarr.open_group(labels_path, mode="r")
+    assert written.attrs["dkmeans_complete"] is True
+    assert written["labels"].chunks == (5_000,)
+    model = load(tmp_path / "out.zarr")
+    np.testing.assert_array_equal(written["labels"][:], model.labels_.compute())
+    assert main(["predict", str(tmp_path / "out.zarr"), data_path, labels_path]) == 2
+    assert "exists; give --overwrite" in capsys.readouterr().err
+
+
+def test_make_blobs_compressors_store_the_same_data(tmp_path):
+    arrays = {}
+    for compressor in ("none", "zstd", "gzip", "blosc"):
+        path = str(tmp_path / f"{compressor}.zarr")
+        args = ["make-blobs", path, "--n-samples", "1000", "--n-features", "3"]
+        args += ["--n-centers", "4", "--chunk-rows", "300", "--compressor", compressor, "-q"]
+        assert main(args) == 0
+        arrays[compressor] = zarr.open_array(path, mode="r")
+    assert arrays["none"].compressors == () and arrays["zstd"].compressors != ()
+    assert arrays["none"].chunks == (300, 3) and arrays["none"].dtype == np.float32
+    for array in arrays.values():
+        np.testing.assert_array_equal(array[:], arrays["none"][:])
+
+
+# -- processes: SIGKILL and resume; a real `dask scheduler` + `dask worker` cluster --------
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "dkmeans.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def saved_iterations(path) -> int:
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        return group[checkpoint.CHECKPOINT].attrs["state"]["n_iter"]
+    except (FileNotFoundError, KeyError):
+        return -1
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_bitwise_equal(tmp_path):
+    data = str(tmp_path / "big.zarr")
+    make_blobs_zarr(
+        data, n_samples=1_000_000, n_features=8, n_centers=12, chunk_rows=100_000, cluster_std=6
+    )
+    job = write_job(tmp_path, data, model={"n_clusters": 12, "max_iter": 25, "random_state": 5})
+    out = tmp_path / "out.zarr"
+    proc = run_cli("fit", job)
+    deadline = time.monotonic() + 120
+    while saved_iterations(out) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
+    killed_at = saved_iterations(out)
+    assert 4 <= killed_at < 25
+    assert checkpoint.status(out) == "checkpoint"  # never looks complete
+
+    resumed = run_cli("fit", job, "--resume")
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log
+    assert "continuing the unfinished fit" in log
+    # The resumed process reports only the iterations it ran.
+    assert sum(line.startswith("iter ") for line in log.splitlines()) == 25 - killed_at
+    fitted = load(out)
+    reference = api_fit(data, n_clusters=12, max_iter=25, random_state=5)
+    assert_same(fitted, reference)
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """`dask scheduler` and two memory-limited `dask worker` processes on 127.0.0.1."""
+    from distributed import Client
+
+    scheduler_file = str(tmp_path / "scheduler.json")
+    dask_cmd = [os.path.join(os.path.dirname(sys.executable), "dask")]
+    procs = [
+        subprocess.Popen(
+            [
+                *dask_cmd,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                ":0",
+                "--scheduler-file",
+                scheduler_file,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(scheduler_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for name in ("w1", "w2"):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *dask_cmd,
+                        "worker",
+                        "--scheduler-file",
+                        scheduler_file,
+                        "--name",
+                        name,
+                        "--nthreads",
+                        "1",
+                        "--memory-limit",
+                        "1GiB",
+                        "--no-dashboard",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with Client(scheduler_file=scheduler_file, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            yield client
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_fit_on_a_real_dask_cluster_equals_the_local_fit(data_path, tmp_path, dask_cluster):
+    address = dask_cluster.scheduler.address
+    job = write_job(tmp_path, data_path)
+    proc = run_cli("fit", job, "--scheduler", address, "--progress")
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    assert f"Dask client: {address}" in log
+    workers = dask_cluster.scheduler_info()["workers"].values()
+    assert sorted(w["name"] for w in workers) == ["w1", "w2"]
+    assert all(w["memory_limit"] == 2**30 for w in workers)
+    assert_same(load(tmp_path / "out.zarr"), api_fit(data_path))
