@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -282,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     with _logging_to_stdout(args):
         try:
             return COMMANDS[args.command](args)
+        except BrokenPipeError:  # e.g. `dkmeans info GROUP | head`: the reader left
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except USER_ERRORS as err:
             if args.verbose:
                 logger.exception("failed")

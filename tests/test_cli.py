@@ -347,3 +347,18 @@ def test_fit_on_a_real_dask_cluster_equals_the_local_fit(data_path, tmp_path, da
     assert sorted(w["name"] for w in workers) == ["w1", "w2"]
     assert all(w["memory_limit"] == 2**30 for w in workers)
     assert_same(load(tmp_path / "out.zarr"), api_fit(data_path))
+
+
+def test_output_closed_early_is_not_an_error(data_path, tmp_path):
+    """`dkmeans info GROUP | head -1`: the reader leaving is no failure and no traceback."""
+    job = write_job(tmp_path, data_path)
+    assert main(["fit", job, "-q"]) == 0
+    proc = subprocess.run(
+        f"{sys.executable} -m dkmeans.cli info {tmp_path / 'out.zarr'} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.stdout.strip().endswith("out.zarr: complete")
+    assert "Traceback" not in proc.stderr
