@@ -38,8 +38,11 @@ class KMeans:
     ----------
     n_clusters : int, default=8
         Number of clusters, k.
-    init : {"k-means++", "random"} or array of shape (n_clusters, n_features), \
-            default="k-means++"
+    init : {"k-means||", "k-means++", "random"} or array of shape \
+            (n_clusters, n_features), default="k-means||"
+        "k-means||": scalable k-means++ (Bahmani et al., 2012), 5 rounds of
+        oversampling (2k candidates each) then weighted greedy k-means++ on
+        the candidates; at most 7 passes over X, whatever its size.
         "k-means++": greedy k-means++ in memory, on all rows when X takes at
         most 256 MiB, else on a uniform sample of ``init_sample_size`` rows.
         "random": k distinct rows drawn uniformly (weighted by
@@ -101,7 +104,7 @@ class KMeans:
         self,
         n_clusters: int = 8,
         *,
-        init: str | np.ndarray = "k-means++",
+        init: str | np.ndarray = "k-means||",
         max_iter: int = 300,
         tol: float = 1e-4,
         random_state: int | np.random.Generator | np.random.RandomState | None = None,
@@ -267,6 +270,7 @@ class KMeans:
                 rng=params["rng"],
                 weights=weights,
                 sample_size=self.init_sample_size,
+                split_every=params["split_every"],
             )
         result = lloyd.lloyd(
             X,

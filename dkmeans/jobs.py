@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 LOCAL_SCHEDULERS = ("threads", "synchronous", "processes")
 SCHEDULERS = (*LOCAL_SCHEDULERS, "local-cluster", "slurm")
+INIT_METHODS = ("k-means||", "k-means++", "random")
 
 
 class JobError(ValueError):
@@ -90,7 +91,8 @@ def _tol(value):
 def _init(value):
     if not isinstance(value, str):
         raise ValueError(
-            f"must be 'k-means++', 'random' or the path of a (k, d) Zarr array, got {value!r}"
+            f"must be one of {', '.join(INIT_METHODS)} or the path of a (k, d) Zarr array, "
+            f"got {value!r}"
         )
     return value
 
@@ -131,7 +133,7 @@ FIELDS: dict[str, Field] = {
     ),
     "model.n_clusters": Field(8, _int_at_least(1), "k"),
     "model.init": Field(
-        "k-means++", _init, "'k-means++', 'random', or the path of a (k, d) Zarr array"
+        "k-means||", _init, "'k-means||', 'k-means++', 'random', or a (k, d) Zarr array's path"
     ),
     "model.max_iter": Field(300, _int_at_least(1), "most Lloyd iterations"),
     "model.tol": Field(1e-4, _tol, "center-shift tolerance (scikit-learn's meaning)"),
@@ -272,7 +274,7 @@ def _check_data(job: Job) -> None:
                     f"input.sample_weight has shape {w.shape}; it needs one weight per row "
                     f"of input.path, shape ({n_samples},)"
                 )
-        if job["model.init"] not in ("k-means++", "random"):
+        if job["model.init"] not in INIT_METHODS:
             init = io.open_zarr_array(job["model.init"], name="model.init")
             if init.shape != (job["model.n_clusters"], n_features):
                 raise ValueError(
@@ -308,7 +310,7 @@ def _check_output(job: Job, resume: bool) -> None:
 def init_value(job: Job) -> str | np.ndarray:
     """``model.init`` as KMeans takes it (a path becomes the array it names)."""
     init = job["model.init"]
-    if init in ("k-means++", "random"):
+    if init in INIT_METHODS:
         return init
     return np.asarray(io.open_zarr_array(init, name="model.init")[:])
 

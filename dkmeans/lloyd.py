@@ -69,6 +69,38 @@ def _block_table(row_chunks: tuple[int, ...]) -> da.Array:
     return da.from_array(table, chunks=(1, 2))
 
 
+def map_row_blocks(
+    func: Callable, X: da.Array, *row_arrays: da.Array | None, **kwargs
+) -> da.Array:
+    """Map ``func`` over the row blocks of X: one task per block, one object result each.
+
+    ``func(x_parts, table_parts, *row_blocks, **kwargs)`` gets X's block and
+    the block's (index, first row) as one-element lists (their column axis is
+    contracted without concatenation), then the matching block of each of
+    ``row_arrays`` (1-D, chunked like X's rows; None stays None). It returns a
+    1-element object array. The result is a 1-D object dask array with one
+    element per block, ready for :func:`dkmeans.reduce.reduce_blocks`.
+    """
+    row_args = []
+    for array in row_arrays:
+        row_args += [array, None if array is None else "i"]
+    return da.blockwise(
+        func,
+        "i",
+        X,
+        "ij",
+        _block_table(X.chunks[0]),
+        "ib",
+        *row_args,
+        adjust_chunks={"i": 1},
+        align_arrays=False,  # aligned by block index: each input has one block per row block
+        concatenate=False,
+        dtype=object,
+        meta=np.empty((0,), dtype=object),
+        **kwargs,
+    )
+
+
 def _pass_task(
     x_parts: list[np.ndarray],
     table_parts: list[np.ndarray],
@@ -150,22 +182,11 @@ def lloyd_pass(
         The totals over all of X.
     """
     prev, block_io = store.pass_inputs(iteration)
-    parts = da.blockwise(
+    parts = map_row_blocks(
         _pass_task,
-        "i",
         X,
-        "ij",
-        _block_table(X.chunks[0]),
-        "ib",
         weights,
-        None if weights is None else "i",
         prev,
-        None if prev is None else "i",
-        adjust_chunks={"i": 1},
-        align_arrays=False,  # aligned by block index: each input has one block per row block
-        concatenate=False,
-        dtype=object,
-        meta=np.empty((0,), dtype=object),
         centers=centers,
         block_io=block_io,
         label_dtype=store.dtype,

@@ -9,8 +9,10 @@ depends only on the chunking and ``split_every``, never on the scheduler.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -144,17 +146,67 @@ def combine(parts: Sequence[ChunkStats], n_farthest: int) -> ChunkStats:
     return total
 
 
-def _unwrap(block: np.ndarray, axis=None, keepdims=None) -> ChunkStats:
-    # A block of the per-block object array holds (stats, labels-or-None).
-    return block[0][0]
+def _chunk(block: np.ndarray, axis=None, keepdims=None, *, unwrap: Callable) -> Any:
+    return unwrap(block[0])
 
 
-def _combine_list(parts: list[ChunkStats], axis=None, keepdims=None, *, n_farthest: int):
-    return combine(parts, n_farthest)
+def _merge(parts: list, axis=None, keepdims=None, *, combine: Callable) -> Any:
+    return combine(parts)
+
+
+def _identity(element: Any) -> Any:
+    return element
+
+
+def reduce_blocks(
+    block_results: da.Array,
+    *,
+    combine: Callable[[list], Any],
+    split_every: int,
+    unwrap: Callable[[np.ndarray], Any] | None = None,
+    name: str = "dkmeans-reduce",
+) -> da.Array:
+    """Tree-reduce a 1-D object array of per-block results with an associative ``combine``.
+
+    The tree has fan-in ``split_every`` and the same shape under every
+    scheduler, so the result is bitwise reproducible for a fixed chunking.
+
+    Parameters
+    ----------
+    block_results : dask.array.Array
+        Object array with one element per row block of X.
+    combine : callable
+        Takes a list of partial results, returns their combination.
+    split_every : int
+        Fan-in of the reduction tree.
+    unwrap : callable, optional
+        Turns a block's element into a partial result (default: the element).
+    name : str
+        Key prefix of the reduction's tasks.
+
+    Returns
+    -------
+    dask.array.Array
+        A 0-d object array whose single value is the combined result.
+    """
+    merge = partial(_merge, combine=combine)
+    return da.reduction(
+        block_results,
+        chunk=partial(_chunk, unwrap=unwrap or _identity),
+        combine=merge,
+        aggregate=merge,
+        axis=0,
+        keepdims=False,
+        concatenate=False,
+        split_every=split_every,
+        dtype=object,
+        meta=np.empty((), dtype=object),
+        name=name,
+    )
 
 
 def tree_reduce(block_results: da.Array, *, split_every: int, n_farthest: int) -> da.Array:
-    """Reduce a 1-D object array of per-block results to one ChunkStats.
+    """Reduce a 1-D object array of per-block (ChunkStats, labels) to one total ChunkStats.
 
     Parameters
     ----------
@@ -171,19 +223,13 @@ def tree_reduce(block_results: da.Array, *, split_every: int, n_farthest: int) -
     dask.array.Array
         A 0-d object array whose single value is the total ChunkStats.
     """
-    from functools import partial
-
-    merge = partial(_combine_list, n_farthest=n_farthest)
-    return da.reduction(
+    return reduce_blocks(
         block_results,
-        chunk=_unwrap,
-        combine=merge,
-        aggregate=merge,
-        axis=0,
-        keepdims=False,
-        concatenate=False,
+        combine=partial(combine, n_farthest=n_farthest),
         split_every=split_every,
-        dtype=object,
-        meta=np.empty((), dtype=object),
-        name="dkmeans-reduce",
+        unwrap=_stats_of,
     )
+
+
+def _stats_of(element: tuple) -> ChunkStats:
+    return element[0]

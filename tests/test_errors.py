@@ -165,7 +165,10 @@ def test_init_array_with_nan(X):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"init": "kmeans"}, "init must be 'k-means\\+\\+', 'random' or an array"),
+        (
+            {"init": "kmeans"},
+            "init must be 'k-means\\|\\|', 'k-means\\+\\+', 'random' or an array",
+        ),
         ({"max_iter": 0}, "max_iter must be an integer >= 1, got 0"),
         ({"tol": -1.0}, "tol must be a real number >= 0"),
         ({"split_every": 1}, "split_every must be an integer >= 2"),

@@ -11,6 +11,7 @@ from distributed import Client, LocalCluster
 from sklearn.datasets import make_blobs
 
 from dkmeans import KMeans
+from tests.conftest import CountingArray
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +57,6 @@ def test_bitwise_identical_across_schedulers(data, label_store):
         np.testing.assert_array_equal(labels, reference.labels_.compute())
         assert np.array_equal(distributed.cluster_centers_, reference.cluster_centers_)
         assert distributed.inertia_ == reference.inertia_
-
-
-class CountingArray:
-    """An array-like that counts the row blocks read from it."""
-
-    def __init__(self, array):
-        self.array = array
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
-        self.reads = 0
-
-    def __getitem__(self, key):
-        self.reads += 1
-        return self.array[key]
 
 
 @pytest.mark.parametrize("label_store", ["memory", "zarr"])
