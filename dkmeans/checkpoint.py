@@ -109,10 +109,6 @@ class Checkpoint:
         self.group = group
         self.label_store = label_store
 
-    @property
-    def path(self) -> str:
-        return str(self.group.store_path)
-
     @classmethod
     def create(
         cls,

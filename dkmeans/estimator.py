@@ -234,7 +234,7 @@ class KMeans:
         if checkpoint is None:
             store = make_label_store(self.label_store, X.chunks[0], k)
         else:
-            print_ = fingerprint(
+            expected = fingerprint(
                 X,
                 weighted=weights is not None,
                 n_clusters=k,
@@ -244,11 +244,11 @@ class KMeans:
             found = checkpoint_status(checkpoint) if resume else "absent"
             if found == "complete":
                 result = io.read_result(checkpoint)
-                check_fingerprint(result["attrs"].get("fingerprint", {}), print_, checkpoint)
+                check_fingerprint(result["attrs"].get("fingerprint", {}), expected, checkpoint)
                 return self._set_result(result)
             if found == "checkpoint":
                 ckpt, state = Checkpoint.open(
-                    checkpoint, X, label_dtype=label_dtype(k), fingerprint=print_
+                    checkpoint, X, label_dtype=label_dtype(k), fingerprint=expected
                 )
             else:
                 ckpt = Checkpoint.create(
@@ -256,7 +256,7 @@ class KMeans:
                     X,
                     n_clusters=k,
                     label_dtype=label_dtype(k),
-                    fingerprint=print_,
+                    fingerprint=expected,
                     attrs=self._describe(source, X),
                 )
             store = ckpt.label_store
