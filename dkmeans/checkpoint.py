@@ -6,9 +6,10 @@ result group when the fit ends::
 
     PATH/                     attrs: params, input, fingerprint, versions
       checkpoint/             while the fit runs
-        labels                (2, n_blocks, max_block_rows) label store, double-buffered
-        centers               (2, k, d) centers, double-buffered like the labels
-        attrs["state"]        n_iter, history, tol_abs, stop_reason, exact_final
+        run-0/, run-1/, ...   one per run (n_init):
+          labels              (2, n_blocks, max_block_rows) label store, double-buffered
+          centers             (2, k, d) centers, double-buffered like the labels
+        attrs["state"]        each run's n_iter, history, tol_abs, stop_reason, ...
       centers, labels,        written when the fit ends (see io.write_result), then
       history/                attrs["dkmeans_complete"] = True, then checkpoint/ removed
 
@@ -45,7 +46,13 @@ class CheckpointMismatchError(ValueError):
 
 
 def fingerprint(
-    X: da.Array, *, weighted: bool, n_clusters: int, split_every: int, tol: float
+    X: da.Array,
+    *,
+    weighted: bool,
+    n_clusters: int,
+    n_init: int,
+    split_every: int,
+    tol: float,
 ) -> dict[str, Any]:
     """What must be equal for a saved fit to continue bitwise as the same fit.
 
@@ -61,6 +68,7 @@ def fingerprint(
         "n_blocks": X.numblocks[0],
         "weighted": weighted,
         "n_clusters": n_clusters,
+        "n_init": n_init,
         "split_every": split_every,
         "tol": tol,
     }
@@ -103,11 +111,12 @@ class Checkpoint:
     """The result group of a running fit, and its saved state.
 
     Make one with :meth:`create` (a new fit) or :meth:`open` (continue).
+    ``label_stores`` holds one Zarr label store per run.
     """
 
-    def __init__(self, group: zarr.Group, label_store: ZarrLabelStore):
+    def __init__(self, group: zarr.Group, label_stores: list[ZarrLabelStore]):
         self.group = group
-        self.label_store = label_store
+        self.label_stores = label_stores
 
     @classmethod
     def create(
@@ -116,6 +125,7 @@ class Checkpoint:
         X: da.Array,
         *,
         n_clusters: int,
+        n_runs: int,
         label_dtype: np.dtype,
         fingerprint: dict[str, Any],
         attrs: dict[str, Any],
@@ -124,14 +134,18 @@ class Checkpoint:
         group = zarr.open_group(store=os.fspath(path), mode="w")
         group.attrs.update(io.jsonable({**attrs, "fingerprint": fingerprint}))
         state_group = group.create_group(CHECKPOINT)
-        labels = create_label_array(state_group, X.chunks[0], label_dtype)
-        state_group.create_array(
-            "centers",
-            shape=(2, n_clusters, X.shape[1]),
-            chunks=(1, n_clusters, X.shape[1]),
-            dtype=X.dtype,
-        )
-        return cls(group, ZarrLabelStore(X.chunks[0], label_dtype, array=labels))
+        stores = []
+        for run in range(n_runs):
+            run_group = state_group.create_group(_run_name(run))
+            labels = create_label_array(run_group, X.chunks[0], label_dtype)
+            run_group.create_array(
+                "centers",
+                shape=(2, n_clusters, X.shape[1]),
+                chunks=(1, n_clusters, X.shape[1]),
+                dtype=X.dtype,
+            )
+            stores.append(ZarrLabelStore(X.chunks[0], label_dtype, array=labels))
+        return cls(group, stores)
 
     @classmethod
     def open(
@@ -141,54 +155,66 @@ class Checkpoint:
         *,
         label_dtype: np.dtype,
         fingerprint: dict[str, Any],
-    ) -> tuple[Checkpoint, LloydState | None]:
+    ) -> tuple[Checkpoint, list[LloydState] | None]:
         """Open an unfinished fit's group to continue it.
 
-        Returns the checkpoint and the saved state (None if the fit was
-        killed before its initial centers were saved: start it again).
+        Returns the checkpoint and each run's saved state (None if the fit
+        was killed before its initial centers were saved: start it again).
 
         Raises
         ------
         CheckpointMismatchError
             If the saved fit differs from this one in anything that changes
-            its result (data shape, dtype or chunking, weights, k, tol,
-            split_every).
+            its result (data shape, dtype or chunking, weights, k, n_init,
+            tol, split_every).
         """
         group = zarr.open_group(store=os.fspath(path), mode="r+")
         check_fingerprint(group.attrs.get("fingerprint", {}), fingerprint, path)
         state_group = group[CHECKPOINT]
-        store = ZarrLabelStore(X.chunks[0], label_dtype, array=state_group["labels"])
-        checkpoint = cls(group, store)
-        saved_state = state_group.attrs.get("state")
-        if saved_state is None:
+        run_groups = [state_group[_run_name(run)] for run in range(fingerprint["n_init"])]
+        stores = [
+            ZarrLabelStore(X.chunks[0], label_dtype, array=run_group["labels"])
+            for run_group in run_groups
+        ]
+        checkpoint = cls(group, stores)
+        saved = state_group.attrs.get("state")
+        if saved is None:
             return checkpoint, None
-        n_iter = saved_state["n_iter"]
-        state = LloydState(
-            centers=state_group["centers"][n_iter % 2],
-            n_iter=n_iter,
-            history=saved_state["history"],
-            tol_abs=saved_state["tol_abs"],
-            stop_reason=saved_state["stop_reason"],
-            exact_final=saved_state["exact_final"],
-        )
-        store.restore(n_iter)
-        return checkpoint, state
+        states = []
+        for run_group, store, record in zip(run_groups, stores, saved["runs"], strict=True):
+            state = LloydState(centers=run_group["centers"][record["n_iter"] % 2], **record)
+            store.restore(state.label_passes)
+            states.append(state)
+        return checkpoint, states
 
-    def save(self, state: LloydState) -> None:
-        """Save the state after an iteration (or the initial centers)."""
+    def save(self, states: list[LloydState]) -> None:
+        """Save every run's state after a pass (or the initial centers)."""
         state_group = self.group[CHECKPOINT]
-        state_group["centers"][state.n_iter % 2] = state.centers
-        record = asdict(state)
-        del record["centers"]
-        state_group.attrs["state"] = io.jsonable(record)  # the commit point: one write
+        records = []
+        for run, state in enumerate(states):
+            state_group[_run_name(run)]["centers"][state.n_iter % 2] = state.centers
+            record = asdict(state)
+            del record["centers"]
+            records.append(record)
+        # What `dkmeans info` shows of an unfinished fit: the run lowest so far.
+        leader = min(states, key=lambda state: state.last_objective)
+        summary = {"n_iter": max(state.n_iter for state in states), "history": leader.history}
+        # The commit point: one write of one small document.
+        state_group.attrs["state"] = io.jsonable({**summary, "runs": records})
 
-    def finish(self, *, centers: np.ndarray, history: list[dict], attrs: dict[str, Any]) -> None:
-        """Write the result (labels from the label store), mark it complete, drop the state."""
+    def finish(
+        self, *, run: int, centers: np.ndarray, history: list[dict], attrs: dict[str, Any]
+    ) -> None:
+        """Write the result of the chosen run, mark it complete, drop the state."""
         io.write_result(
             self.group,
             centers=centers,
-            labels=self.label_store.labels(),
+            labels=self.label_stores[run].labels(),
             history=history,
             attrs=attrs,
         )
         del self.group[CHECKPOINT]
+
+
+def _run_name(run: int) -> str:
+    return f"run-{run}"

@@ -140,6 +140,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model = KMeans(
         job["model.n_clusters"],
         init=jobs.init_value(job),
+        n_init=job["model.n_init"],
         max_iter=job["model.max_iter"],
         tol=job["model.tol"],
         random_state=job["model.random_state"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from typing import Any
 
 import dask.array as da
@@ -13,8 +14,8 @@ import zarr
 from dkmeans import io, kernel, lloyd, progress, validation
 from dkmeans.checkpoint import Checkpoint, check_fingerprint, fingerprint
 from dkmeans.checkpoint import status as checkpoint_status
-from dkmeans.init import check_random_state, initial_centers
-from dkmeans.labels import label_dtype, make_label_store
+from dkmeans.init import check_random_state, initial_centers, spawn_generators
+from dkmeans.labels import label_dtype, make_label_stores
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -47,6 +48,14 @@ class KMeans:
         most 256 MiB, else on a uniform sample of ``init_sample_size`` rows.
         "random": k distinct rows drawn uniformly (weighted by
         ``sample_weight``). An array: the initial centers.
+    n_init : "auto" or int, default="auto"
+        Number of runs (restarts) from different initial centers; the fit
+        keeps the run with the lowest final objective. "auto" means 10 for
+        ``init="random"`` and 1 otherwise (scikit-learn's rule). The runs
+        share every pass over X: R runs read X once per iteration, not R
+        times (their compute still grows with R), and a run that has
+        converged stops costing work. With an array ``init`` there is one
+        run.
     max_iter : int, default=300
         Largest number of Lloyd iterations.
     tol : float, default=1e-4
@@ -105,6 +114,7 @@ class KMeans:
         n_clusters: int = 8,
         *,
         init: str | np.ndarray = "k-means||",
+        n_init: str | int = "auto",
         max_iter: int = 300,
         tol: float = 1e-4,
         random_state: int | np.random.Generator | np.random.RandomState | None = None,
@@ -115,6 +125,7 @@ class KMeans:
     ):
         self.n_clusters = n_clusters
         self.init = init
+        self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
@@ -189,7 +200,24 @@ class KMeans:
             ),
             "tol": validation.check_tol(self.tol),
             "rng": check_random_state(self.random_state),
+            "n_init": self._n_runs(),
         }
+
+    def _n_runs(self) -> int:
+        """``n_init`` resolved: "auto" by scikit-learn's rule, one run for an array init."""
+        explicit = not isinstance(self.init, str)
+        if self.n_init == "auto":
+            return 10 if (not explicit and self.init == "random") else 1
+        n_init = validation.check_positive_int(self.n_init, "n_init")
+        if explicit and n_init != 1:
+            warnings.warn(
+                f"Explicit initial center position passed: performing only one init in "
+                f"{type(self).__name__} instead of n_init={n_init}.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return 1
+        return n_init
 
     def fit(
         self,
@@ -225,19 +253,21 @@ class KMeans:
         self
         """
         params = self._checked_params()
+        n_runs = params["n_init"]
         source = X
         X = io.as_dask_array(X)
         n_samples, n_features = X.shape
         k = validation.check_n_clusters(self.n_clusters, n_samples)
         weights = io.as_weights(sample_weight, X)
-        ckpt, state = None, None
+        ckpt, states = None, None
         if checkpoint is None:
-            store = make_label_store(self.label_store, X.chunks[0], k)
+            stores = make_label_stores(self.label_store, X.chunks[0], k, n_runs)
         else:
             expected = fingerprint(
                 X,
                 weighted=weights is not None,
                 n_clusters=k,
+                n_init=n_runs,
                 split_every=params["split_every"],
                 tol=params["tol"],
             )
@@ -247,7 +277,7 @@ class KMeans:
                 check_fingerprint(result["attrs"].get("fingerprint", {}), expected, checkpoint)
                 return self._set_result(result)
             if found == "checkpoint":
-                ckpt, state = Checkpoint.open(
+                ckpt, states = Checkpoint.open(
                     checkpoint, X, label_dtype=label_dtype(k), fingerprint=expected
                 )
             else:
@@ -255,35 +285,39 @@ class KMeans:
                     checkpoint,
                     X,
                     n_clusters=k,
+                    n_runs=n_runs,
                     label_dtype=label_dtype(k),
                     fingerprint=expected,
                     attrs=self._describe(source, X),
                 )
-            store = ckpt.label_store
+            stores = ckpt.label_stores
         reporter = progress.IterationReporter() if self.verbose else None
         centers = None
-        if state is None:
+        if states is None:
             centers = initial_centers(
                 X,
                 k,
                 self.init,
-                rng=params["rng"],
+                rngs=spawn_generators(params["rng"], n_runs),
                 weights=weights,
                 sample_size=self.init_sample_size,
                 split_every=params["split_every"],
             )
-        result = lloyd.lloyd(
+        results = lloyd.lloyd_runs(
             X,
             centers,
-            store=store,
+            stores=stores,
             weights=weights,
             max_iter=params["max_iter"],
             tol=params["tol"],
             split_every=params["split_every"],
-            on_iteration=reporter,
-            state=state,
-            on_state=None if ckpt is None else ckpt.save,
+            on_iteration=None if reporter is None else _reporting(reporter, n_runs),
+            states=states,
+            on_pass=None if ckpt is None else ckpt.save,
         )
+        # The lowest final objective wins; a tie goes to the first run.
+        best = min(range(n_runs), key=lambda run: results[run].inertia)
+        result = results[best]
         self.cluster_centers_ = result.centers
         self.inertia_ = result.inertia
         self.n_iter_ = result.n_iter
@@ -292,16 +326,20 @@ class KMeans:
         self.history_ = result.history
         self.n_features_in_ = n_features
         if ckpt is None:
-            self.labels_ = store.labels().astype(np.int32)
+            self.labels_ = stores[best].labels().astype(np.int32)
         else:
             ckpt.finish(
-                centers=result.centers, history=result.history, attrs=self._fitted_attrs(n_samples)
+                run=best,
+                centers=result.centers,
+                history=result.history,
+                attrs=self._fitted_attrs(n_samples),
             )
             self.labels_ = da.from_zarr(ckpt.group["labels"]).astype(np.int32)
         if reporter is not None:
+            chosen = f" (run {best} of {n_runs})" if n_runs > 1 else ""
             reporter.finish(
                 f"stopped: {result.stop_reason} after {result.n_iter} iterations, "
-                f"inertia {result.inertia:.6g}"
+                f"inertia {result.inertia:.6g}{chosen}"
             )
         return self
 
@@ -437,6 +475,15 @@ def load(path: str | os.PathLike) -> KMeans:
     if isinstance(params.get("init"), list):
         params["init"] = np.asarray(params["init"])
     return KMeans(**params)._set_result(result)
+
+
+def _reporting(reporter: progress.IterationReporter, n_runs: int):
+    """Report (run, record) pairs; the run is named only when there are several."""
+
+    def report(run: int, record: dict) -> None:
+        reporter(record if n_runs == 1 else {**record, "run": run})
+
+    return report
 
 
 def _block_location(block_info) -> tuple[int, int]:

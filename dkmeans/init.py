@@ -12,15 +12,16 @@ for any scheduler and (k-means|| up to floating-point ties) any chunking.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 
 from dkmeans import kernel, validation
 from dkmeans.lloyd import map_row_blocks
-from dkmeans.reduce import reduce_blocks
+from dkmeans.reduce import PerRun, reduce_runs
 
 # k-means++ on all rows up to this size of X, on a sample of rows above it.
 KMEANS_PLUSPLUS_MAX_BYTES = 256 * 2**20
@@ -43,6 +44,18 @@ def check_random_state(seed) -> np.random.Generator:
     raise ValueError(
         f"random_state must be None, an int, a numpy Generator or RandomState, got {seed!r}"
     )
+
+
+def spawn_generators(rng: np.random.Generator, n: int) -> list[np.random.Generator]:
+    """``n`` independent generators, one per run (NumPy's ``Generator.spawn``).
+
+    Child ``r`` depends only on the parent's seed and ``r``, so run 0 of a
+    fit with ``n_init=R`` starts exactly as the fit with ``n_init=1``.
+    """
+    try:
+        return rng.spawn(n)
+    except TypeError:  # a bit generator without a SeedSequence
+        return [np.random.default_rng(int(rng.integers(2**62))) for _ in range(n)]
 
 
 def _take_rows(X: da.Array, rows: np.ndarray) -> np.ndarray:
@@ -149,9 +162,9 @@ class Candidates:
 
 
 def _oversample_task(
-    x_parts, table_parts, weights, *, candidates, key, oversampling, check
+    x_parts, table_parts, weights, *, candidates, keys, oversampling, check
 ) -> np.ndarray:
-    """One block of a k-means|| round: its cost, and every row that might be sampled.
+    """One block of a k-means|| round for each run: its cost, and every row that might be sampled.
 
     Row i is sampled when ``u_i * cost < l * w_i * d_i^2`` with the *total*
     cost; the block only knows its own cost, which is smaller, so it keeps
@@ -164,49 +177,67 @@ def _oversample_task(
         validation.check_finite_block(x, block, row_offset)
         if weights is not None:
             validation.check_weights_block(weights, block, row_offset)
-    _, sqdist = kernel.assign(x, candidates)
-    wd = sqdist if weights is None else sqdist * weights
-    cost = float(wd.sum())
-    draws = row_uniforms(key, row_offset, len(x))
-    keep = np.flatnonzero(draws * cost < oversampling * wd)
-    out = np.empty(1, dtype=object)
-    out[0] = Candidates(cost, row_offset + keep, draws[keep], wd[keep], x[keep])
-    return out
+    found = []
+    for run_candidates, key in zip(candidates, keys, strict=True):
+        _, sqdist = kernel.assign(x, run_candidates)
+        wd = sqdist if weights is None else sqdist * weights
+        cost = float(wd.sum())
+        draws = row_uniforms(key, row_offset, len(x))
+        keep = np.flatnonzero(draws * cost < oversampling * wd)
+        found.append(Candidates(cost, row_offset + keep, draws[keep], wd[keep], x[keep]))
+    return _per_run(found)
 
 
 def _weigh_task(x_parts, table_parts, weights, *, candidates) -> np.ndarray:
-    """One block's weight nearest to each candidate."""
+    """One block's weight nearest to each candidate, for each run."""
     (x,), _ = x_parts, table_parts
-    labels, _ = kernel.assign(x, candidates)
+    masses = []
+    for run_candidates in candidates:
+        labels, _ = kernel.assign(x, run_candidates)
+        mass = np.bincount(labels, weights=weights, minlength=len(run_candidates))
+        masses.append(mass.astype(np.float64))
+    return _per_run(masses)
+
+
+def _per_run(results: list) -> np.ndarray:
     out = np.empty(1, dtype=object)
-    out[0] = np.bincount(labels, weights=weights, minlength=len(candidates)).astype(np.float64)
+    out[0] = PerRun(results)
     return out
 
 
-def _first_center(X: da.Array, rng: np.random.Generator, weights: da.Array | None, split_every):
-    """One row drawn uniformly (weighted: with probability proportional to its weight).
+def _reduce_runs(parts: da.Array, combine: Callable[[list], Any], split_every: int) -> list:
+    """Each run's combined result of a pass whose blocks return a :class:`PerRun`."""
+    return reduce_runs(parts, combine=combine, split_every=split_every).compute().runs
 
-    Unweighted, a random index reads one block; weighted, one pass finds the
-    row with the smallest ``-log(u_i) / w_i`` (an exponential race: the
-    winner is distributed as the weights).
+
+def _first_centers(X: da.Array, rngs: list[np.random.Generator], weights, split_every):
+    """One row per run drawn uniformly (weighted: with probability proportional to its weight).
+
+    Unweighted, random indices read at most one block per run; weighted, one
+    pass finds for each run the row with the smallest ``-log(u_i) / w_i``
+    (an exponential race: the winner is distributed as the weights).
     """
     if weights is None:
-        return _take_rows(X, rng.integers(X.shape[0], size=1))
-    key = _philox_key(rng)
-    parts = map_row_blocks(_race_task, X, weights, key=key)
-    best = reduce_blocks(parts, combine=min, split_every=split_every).compute()
-    return _take_rows(X, np.array([best.row]))
+        rows = np.array([rng.integers(X.shape[0]) for rng in rngs])
+    else:
+        keys = [_philox_key(rng) for rng in rngs]
+        parts = map_row_blocks(_race_task, X, weights, keys=keys)
+        rows = np.array([w.row for w in _reduce_runs(parts, min, split_every)])
+    taken = _take_rows(X, rows)
+    validation.check_finite_block(taken, block=0, row_offset=0, name="X (init rows)")
+    return [taken[[run]] for run in range(len(rngs))]
 
 
-def _race_task(x_parts, table_parts, weights, *, key) -> np.ndarray:
+def _race_task(x_parts, table_parts, weights, *, keys) -> np.ndarray:
     (x,), (table,) = x_parts, table_parts
     row_offset = int(table[0][1])
-    with np.errstate(divide="ignore"):
-        times = -np.log(row_uniforms(key, row_offset, len(x))) / weights
-    i = int(np.argmin(times))
-    out = np.empty(1, dtype=object)
-    out[0] = RaceWinner(float(times[i]), row_offset + i)
-    return out
+    winners = []
+    for key in keys:
+        with np.errstate(divide="ignore"):
+            times = -np.log(row_uniforms(key, row_offset, len(x))) / weights
+        i = int(np.argmin(times))
+        winners.append(RaceWinner(float(times[i]), row_offset + i))
+    return _per_run(winners)
 
 
 @dataclass(order=True, frozen=True)
@@ -221,13 +252,15 @@ def kmeans_parallel(
     X: da.Array,
     n_clusters: int,
     *,
-    rng: np.random.Generator,
+    rngs: list[np.random.Generator],
     weights: da.Array | None = None,
     rounds: int = DEFAULT_ROUNDS,
     oversampling: float = DEFAULT_OVERSAMPLING,
     split_every: int = 8,
-) -> np.ndarray:
+) -> list[np.ndarray]:
     """k-means|| (scalable k-means++, Bahmani et al. 2012): few passes, any size of X.
+
+    For each run (one per generator in ``rngs``):
 
     1. One row drawn at random (weighted by ``sample_weight``).
     2. ``rounds`` passes; each computes every row's squared distance d_i to
@@ -237,42 +270,49 @@ def kmeans_parallel(
     3. One pass weighs each candidate by the weight of the rows nearest to it.
     4. Weighted greedy k-means++ on the candidates, in memory, picks k.
 
-    At most ``rounds + 2`` passes over X (``rounds + 1`` without weights).
-    Each row's random draw depends on the seed and its row index only, so the
-    centers are the same under every scheduler and, up to ties in floating
-    point, for every chunking of X.
+    The runs share every pass: at most ``rounds + 2`` passes over X
+    (``rounds + 1`` without weights) whatever the number of runs, and each
+    run's centers are the same as if it ran alone. Each row's random draw
+    depends on the seed and its row index only, so the centers are the same
+    under every scheduler and, up to ties in floating point, for every
+    chunking of X.
 
     Returns
     -------
-    ndarray of shape (n_clusters, d), in X's dtype
+    list of ndarray of shape (n_clusters, d), in X's dtype, one per run
     """
-    candidates = _first_center(X, rng, weights, split_every)
-    validation.check_finite_block(candidates, block=0, row_offset=0, name="X (init row)")
+    candidates = _first_centers(X, rngs, weights, split_every)
     l_factor = oversampling * n_clusters
+    growing = list(range(len(rngs)))  # runs still sampling
     for round_ in range(rounds):
-        key = _philox_key(rng)
+        if not growing:
+            break
         parts = map_row_blocks(
             _oversample_task,
             X,
             weights,
-            candidates=candidates,
-            key=key,
+            candidates=[candidates[run] for run in growing],
+            keys=[_philox_key(rngs[run]) for run in growing],
             oversampling=l_factor,
             check=round_ == 0,
         )
-        (found,) = dask.compute(
-            reduce_blocks(parts, combine=Candidates.combine, split_every=split_every)
-        )
-        if found.cost == 0:  # every row is a candidate already
-            break
-        new = found.draws * found.cost < l_factor * found.weighted_sqdist
-        candidates = np.concatenate([candidates, found.points[new]])
-    if len(candidates) < n_clusters:  # few distinct rows: complete with random ones
-        extra = rng.choice(X.shape[0], size=n_clusters - len(candidates), replace=False)
-        candidates = np.concatenate([candidates, _take_rows(X, np.sort(extra))])
+        found = _reduce_runs(parts, Candidates.combine, split_every)
+        for run, run_found in zip(list(growing), found, strict=True):
+            if run_found.cost == 0:  # every row is a candidate already
+                growing.remove(run)
+                continue
+            new = run_found.draws * run_found.cost < l_factor * run_found.weighted_sqdist
+            candidates[run] = np.concatenate([candidates[run], run_found.points[new]])
+    for run, rng in enumerate(rngs):
+        if len(candidates[run]) < n_clusters:  # few distinct rows: complete with random ones
+            extra = rng.choice(X.shape[0], size=n_clusters - len(candidates[run]), replace=False)
+            candidates[run] = np.concatenate([candidates[run], _take_rows(X, np.sort(extra))])
     parts = map_row_blocks(_weigh_task, X, weights, candidates=candidates)
-    (mass,) = dask.compute(reduce_blocks(parts, combine=sum, split_every=split_every))
-    return greedy_kmeans_plusplus(candidates, n_clusters, rng, weights=mass)
+    masses = _reduce_runs(parts, sum, split_every)
+    return [
+        greedy_kmeans_plusplus(run_candidates, n_clusters, rng, weights=mass)
+        for run_candidates, rng, mass in zip(candidates, rngs, masses, strict=True)
+    ]
 
 
 def initial_centers(
@@ -280,19 +320,24 @@ def initial_centers(
     n_clusters: int,
     init,
     *,
-    rng: np.random.Generator,
+    rngs: list[np.random.Generator],
     weights: da.Array | None = None,
     sample_size: int | None = None,
     split_every: int = 8,
-) -> np.ndarray:
-    """Compute the starting centers for Lloyd.
+) -> list[np.ndarray]:
+    """Compute the starting centers of each run (one per generator in ``rngs``).
+
+    The runs share the reads of X: k-means|| makes the same passes for any
+    number of runs, "random" and a k-means++ sample read the rows of all
+    runs at once.
 
     Parameters
     ----------
     X : dask.array.Array of shape (n, d)
     n_clusters : int
     init : {"k-means||", "k-means++", "random"} or array of shape (n_clusters, d)
-    rng : numpy.random.Generator
+    rngs : list of numpy.random.Generator
+        One per run (see :func:`spawn_generators`).
     weights : dask.array.Array of shape (n,), optional
         Sample weights; "random" draws rows with probability proportional to
         weight, k-means++ weighs its potential with them.
@@ -304,49 +349,59 @@ def initial_centers(
 
     Returns
     -------
-    ndarray of shape (n_clusters, d), in X's dtype
+    list of ndarray of shape (n_clusters, d), in X's dtype, one per run
     """
     n, d = X.shape
-    if isinstance(init, str):
-        if init == "k-means||":
-            return kmeans_parallel(
-                X, n_clusters, rng=rng, weights=weights, split_every=split_every
+    if not isinstance(init, str):
+        centers = _checked_init_array(init, n_clusters, d).astype(X.dtype)
+        return [centers for _ in rngs]
+    if init == "k-means||":
+        return kmeans_parallel(X, n_clusters, rngs=rngs, weights=weights, split_every=split_every)
+    if init == "random":
+        p = None
+        if weights is not None:
+            w = weights.compute()
+            p = w / w.sum()
+            if np.count_nonzero(p) < n_clusters:
+                raise ValueError(
+                    f"init='random' needs at least n_clusters={n_clusters} rows of "
+                    f"positive sample_weight, got {np.count_nonzero(p)}"
+                )
+        rows = [rng.choice(n, size=n_clusters, replace=False, p=p) for rng in rngs]
+        centers = _take_rows(X, np.concatenate(rows))
+        validation.check_finite_block(centers, block=0, row_offset=0, name="X (init rows)")
+        return np.split(centers, len(rngs))
+    if init == "k-means++":
+        if n * d * X.dtype.itemsize <= KMEANS_PLUSPLUS_MAX_BYTES:  # all rows, for every run
+            taken = X.compute()
+            points = [taken] * len(rngs)
+            w = [None if weights is None else weights.compute()] * len(rngs)
+        else:  # each run's own sample, read together
+            size = min(n, sample_size or DEFAULT_SAMPLE_SIZE)
+            rows = np.concatenate(
+                [np.sort(rng.choice(n, size=size, replace=False)) for rng in rngs]
             )
-        if init == "random":
-            p = None
+            taken = _take_rows(X, rows)
+            points = np.split(taken, len(rngs))
+            w = [None] * len(rngs)
             if weights is not None:
-                w = weights.compute()
-                p = w / w.sum()
-                if np.count_nonzero(p) < n_clusters:
-                    raise ValueError(
-                        f"init='random' needs at least n_clusters={n_clusters} rows of "
-                        f"positive sample_weight, got {np.count_nonzero(p)}"
-                    )
-            rows = rng.choice(n, size=n_clusters, replace=False, p=p)
-            centers = _take_rows(X, rows)
-            validation.check_finite_block(centers, block=0, row_offset=0, name="X (init rows)")
-            return centers
-        if init == "k-means++":
-            if n * d * X.dtype.itemsize <= KMEANS_PLUSPLUS_MAX_BYTES:
-                points = X.compute()
-                w = None if weights is None else weights.compute()
-            else:
-                size = min(n, sample_size or DEFAULT_SAMPLE_SIZE)
-                rows = np.sort(rng.choice(n, size=size, replace=False))
-                points = _take_rows(X, rows)
-                w = None if weights is None else weights[rows].compute()
-            validation.check_finite_block(points, block=0, row_offset=0, name="X (init sample)")
-            return greedy_kmeans_plusplus(points, n_clusters, rng, weights=w)
-        raise ValueError(
-            f"init must be 'k-means||', 'k-means++', 'random' or an array, got {init!r}"
-        )
+                w = np.split(weights[rows].compute(), len(rngs))
+        validation.check_finite_block(taken, block=0, row_offset=0, name="X (init sample)")
+        return [
+            greedy_kmeans_plusplus(run_points, n_clusters, rng, weights=run_w)
+            for run_points, rng, run_w in zip(points, rngs, w, strict=True)
+        ]
+    raise ValueError(f"init must be 'k-means||', 'k-means++', 'random' or an array, got {init!r}")
+
+
+def _checked_init_array(init, n_clusters: int, n_features: int) -> np.ndarray:
     centers = np.asarray(init)
-    if centers.shape != (n_clusters, d):
+    if centers.shape != (n_clusters, n_features):
         raise ValueError(
             f"init array has shape {centers.shape}, expected (n_clusters, n_features) "
-            f"= ({n_clusters}, {d})"
+            f"= ({n_clusters}, {n_features})"
         )
     if centers.dtype.kind not in "biuf":
         raise TypeError(f"init array must hold real numbers, got dtype {centers.dtype}")
     validation.check_finite_block(centers, block=0, row_offset=0, name="init array")
-    return centers.astype(X.dtype)
+    return centers

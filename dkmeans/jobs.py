@@ -97,6 +97,15 @@ def _init(value):
     return value
 
 
+def _n_init(value):
+    if value == "auto":
+        return value
+    try:
+        return _int_at_least(1)(value)
+    except ValueError:
+        raise ValueError(f"must be 'auto' or an integer >= 1, got {value!r}") from None
+
+
 def _scheduler(value):
     if not isinstance(value, str) or not (value in SCHEDULERS or "://" in value):
         raise ValueError(
@@ -134,6 +143,9 @@ FIELDS: dict[str, Field] = {
     "model.n_clusters": Field(8, _int_at_least(1), "k"),
     "model.init": Field(
         "k-means||", _init, "'k-means||', 'k-means++', 'random', or a (k, d) Zarr array's path"
+    ),
+    "model.n_init": Field(
+        "auto", _n_init, "runs from different seeds, sharing each pass; the best is kept"
     ),
     "model.max_iter": Field(300, _int_at_least(1), "most Lloyd iterations"),
     "model.tol": Field(1e-4, _tol, "center-shift tolerance (scikit-learn's meaning)"),

@@ -194,31 +194,37 @@ def _read_block(index: np.ndarray, *, io: ZarrBlockIO, row_chunks: tuple[int, ..
 LabelStore = MemoryLabelStore | ZarrLabelStore
 
 
-def make_label_store(
-    spec: str | os.PathLike, row_chunks: tuple[int, ...], n_clusters: int
-) -> LabelStore:
-    """Build the store that ``KMeans(label_store=spec)`` asks for.
+def make_label_stores(
+    spec: str | os.PathLike, row_chunks: tuple[int, ...], n_clusters: int, n_runs: int = 1
+) -> list[LabelStore]:
+    """Build the stores that ``KMeans(label_store=spec)`` asks for, one per run.
 
     Parameters
     ----------
     spec : {"auto", "memory", "zarr"} or path
-        "auto": memory when the labels take at most ``MEMORY_LIMIT_BYTES``,
-        else Zarr in a temporary directory; "zarr": a temporary directory; a
-        path or URL: a Zarr array created there (replacing what is there).
+        "auto": memory when the labels of all runs take at most
+        ``MEMORY_LIMIT_BYTES``, else Zarr in a temporary directory; "zarr": a
+        temporary directory; a path or URL: a Zarr array created there
+        (replacing what is there), or with several runs one array per run
+        at ``PATH/run-0``, ``PATH/run-1``, ...
     row_chunks : tuple of int
         Row chunks of X.
     n_clusters : int
         k, which fixes the label dtype.
+    n_runs : int
+        Number of runs (``n_init``).
     """
     dtype = label_dtype(n_clusters)
-    if spec == "memory":
-        return MemoryLabelStore(row_chunks, dtype)
     if spec == "auto":
-        if sum(row_chunks) * dtype.itemsize <= MEMORY_LIMIT_BYTES:
-            return MemoryLabelStore(row_chunks, dtype)
-        return ZarrLabelStore(row_chunks, dtype)
+        in_memory = n_runs * sum(row_chunks) * dtype.itemsize <= MEMORY_LIMIT_BYTES
+        spec = "memory" if in_memory else "zarr"
+    if spec == "memory":
+        return [MemoryLabelStore(row_chunks, dtype) for _ in range(n_runs)]
     if spec == "zarr":
-        return ZarrLabelStore(row_chunks, dtype)
+        return [ZarrLabelStore(row_chunks, dtype) for _ in range(n_runs)]
     if isinstance(spec, str | os.PathLike):
-        return ZarrLabelStore(row_chunks, dtype, path=spec)
+        if n_runs == 1:
+            return [ZarrLabelStore(row_chunks, dtype, path=spec)]
+        base = os.fspath(spec).rstrip("/")
+        return [ZarrLabelStore(row_chunks, dtype, path=f"{base}/run-{r}") for r in range(n_runs)]
     raise ValueError(f"label_store must be 'auto', 'memory', 'zarr' or a path/URL, got {spec!r}")

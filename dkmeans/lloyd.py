@@ -105,17 +105,18 @@ def _pass_task(
     x_parts: list[np.ndarray],
     table_parts: list[np.ndarray],
     weights: np.ndarray | None,
-    prev_labels: np.ndarray | None,
-    *,
-    centers: np.ndarray,
-    block_io: ZarrBlockIO | None,
+    *prev_labels: np.ndarray | None,
+    centers: list[np.ndarray],
+    block_ios: list[ZarrBlockIO | None],
     label_dtype: np.dtype,
     first_pass: bool,
 ) -> np.ndarray:
-    """One block of one pass; returns a 1-element object array (stats, labels).
+    """One block of one pass for every run; a 1-element object array holding a
+    list of (stats, labels) pairs, one per run.
 
     X and the block table come as one-element lists (their column axis is
-    contracted without concatenation: it is a single chunk).
+    contracted without concatenation: it is a single chunk). The block is
+    read once and assigned to each run's centers in turn.
     """
     (x,), (table,) = x_parts, table_parts
     block, row_offset = (int(v) for v in table[0])
@@ -123,88 +124,102 @@ def _pass_task(
         validation.check_finite_block(x, block, row_offset)
         if weights is not None:
             validation.check_weights_block(weights, block, row_offset)
-    if block_io is not None:
-        prev_labels = block_io.read(block, len(x))
-    stats, labels = kernel.block_stats(
-        x,
-        centers,
-        prev_labels=prev_labels,
-        weights=weights,
-        row_offset=row_offset,
-        with_moments=first_pass,
-    )
-    labels = labels.astype(label_dtype)
-    if block_io is not None:
-        block_io.write(block, labels)
-        labels = None
+    results = []
+    for run, (run_centers, prev, block_io) in enumerate(
+        zip(centers, prev_labels, block_ios, strict=True)
+    ):
+        if block_io is not None:
+            prev = block_io.read(block, len(x))
+        stats, labels = kernel.block_stats(
+            x,
+            run_centers,
+            prev_labels=prev,
+            weights=weights,
+            row_offset=row_offset,
+            with_moments=first_pass and run == 0,  # the same for every run
+        )
+        labels = labels.astype(label_dtype)
+        if block_io is not None:
+            block_io.write(block, labels)
+            labels = None
+        results.append((stats, labels))
     out = np.empty(1, dtype=object)
-    out[0] = (stats, labels)
+    out[0] = results
     return out
 
 
-def _labels_of(block: np.ndarray) -> np.ndarray:
-    return block[0][1]
+def _labels_of(block: np.ndarray, run: int) -> np.ndarray:
+    return block[0][run][1]
 
 
 def lloyd_pass(
     X: da.Array,
-    centers: np.ndarray,
+    centers: list[np.ndarray],
     *,
-    store: LabelStore,
+    stores: list[LabelStore],
     iteration: int,
     weights: da.Array | None = None,
     split_every: int = 8,
     first_pass: bool = False,
-) -> ChunkStats:
-    """Run one pass over X: assign every row, reduce the statistics.
+) -> list[ChunkStats]:
+    """Run one pass over X for one or more runs: assign every row, reduce the statistics.
+
+    Each block is read once whatever the number of runs; every run gets its
+    own labels and statistics, bitwise the same as if it ran alone.
 
     Parameters
     ----------
     X : dask.array.Array of shape (n, d)
         Float data, one chunk along columns.
-    centers : ndarray of shape (k, d)
-        Centers to assign to, in X's dtype.
-    store : LabelStore
-        Reads the previous labels and receives the new ones.
+    centers : list of ndarray of shape (k, d)
+        Each run's centers, in X's dtype.
+    stores : list of LabelStore
+        Each run's label store: reads its previous labels, receives the new ones.
     iteration : int
-        Index of this pass (selects the label buffers).
+        Index of this pass (selects the label buffers); the same for every run.
     weights : dask.array.Array of shape (n,), optional
         Sample weights chunked like X's rows.
     split_every : int
         Fan-in of the reduction tree.
     first_pass : bool
         Check the data for NaN/inf (and weights for sign) and compute the
-        column moments.
+        column moments (reported with the first run's totals).
 
     Returns
     -------
-    ChunkStats
-        The totals over all of X.
+    list of ChunkStats
+        Each run's totals over all of X.
     """
-    prev, block_io = store.pass_inputs(iteration)
+    inputs = [store.pass_inputs(iteration) for store in stores]
     parts = map_row_blocks(
         _pass_task,
         X,
         weights,
-        prev,
+        *(prev for prev, _ in inputs),
         centers=centers,
-        block_io=block_io,
-        label_dtype=store.dtype,
+        block_ios=[block_io for _, block_io in inputs],
+        label_dtype=stores[0].dtype,
         first_pass=first_pass,
     )
-    totals = tree_reduce(parts, split_every=split_every, n_farthest=len(centers))
-    labels = None
-    if store.returns_labels:
-        labels = parts.map_blocks(
-            _labels_of, chunks=(X.chunks[0],), dtype=store.dtype, meta=np.empty((0,), store.dtype)
+    totals = tree_reduce(parts, split_every=split_every, n_farthest=len(centers[0]))
+    labels = [
+        parts.map_blocks(
+            _labels_of,
+            run=run,
+            chunks=(X.chunks[0],),
+            dtype=store.dtype,
+            meta=np.empty((0,), store.dtype),
         )
-        # One graph run: labels stay persisted where they were computed.
-        labels, totals = dask.persist(labels, totals)
-    else:
-        (totals,) = dask.persist(totals)
+        if store.returns_labels
+        else None
+        for run, store in enumerate(stores)
+    ]
+    # One graph run: labels stay persisted where they were computed.
+    labels, totals = dask.persist(labels, totals)
     progress.watch(totals)  # a progress bar under dask.distributed, when asked for
-    totals = totals.compute()
-    store.finish_pass(iteration, labels)
+    totals = totals.compute().runs
+    for store, run_labels in zip(stores, labels, strict=True):
+        store.finish_pass(iteration, run_labels)
     return totals
 
 
@@ -260,7 +275,7 @@ def check_objective(previous: float, current: float, dtype: np.dtype, iteration:
 class LloydState:
     """Everything needed to continue a run after a completed iteration.
 
-    With the label store's latest buffer (``n_iter % 2``), this is what a
+    With the label store's latest buffer (``label_passes % 2``), this is what a
     checkpoint saves: continuing from it gives bitwise the same result as
     never stopping.
     """
@@ -271,6 +286,13 @@ class LloydState:
     tol_abs: float = 0.0  # tol x mean feature variance (known after the first pass)
     stop_reason: str | None = None  # set once the loop has stopped
     exact_final: bool = False  # did the last update leave the centers unchanged?
+    inertia: float | None = None  # objective of the final labels, once known
+    final_pass: bool = False  # did an assignment-only pass follow the stop?
+
+    @property
+    def label_passes(self) -> int:
+        """Passes whose labels the run's label store has received."""
+        return self.n_iter + int(self.final_pass)
 
     @property
     def last_objective(self) -> float:
@@ -279,7 +301,7 @@ class LloydState:
 
 def lloyd(
     X: da.Array,
-    init_centers: np.ndarray | None = None,
+    init_centers: np.ndarray,
     *,
     store: LabelStore,
     weights: da.Array | None = None,
@@ -287,20 +309,17 @@ def lloyd(
     tol: float = 1e-4,
     split_every: int = 8,
     on_iteration: Callable[[dict], None] | None = None,
-    state: LloydState | None = None,
-    on_state: Callable[[LloydState], None] | None = None,
 ) -> LloydResult:
-    """Run Lloyd's algorithm from given centers, or continue a saved run.
+    """Run Lloyd's algorithm from given centers (one run; see :func:`lloyd_runs`).
 
     Parameters
     ----------
     X : dask.array.Array of shape (n, d)
         Float data, one chunk along columns.
-    init_centers : ndarray of shape (k, d), optional
-        Starting centers (when not continuing from ``state``).
+    init_centers : ndarray of shape (k, d)
+        Starting centers.
     store : LabelStore
         Where labels are kept between passes (and read from afterwards).
-        When continuing, it must hold the labels of ``state.n_iter`` passes.
     weights : dask.array.Array of shape (n,), optional
         Sample weights, chunked like X's rows.
     max_iter : int
@@ -312,84 +331,167 @@ def lloyd(
         Fan-in of the reduction tree.
     on_iteration : callable, optional
         Called with each iteration's history record as soon as it is known.
-    state : LloydState, optional
-        A saved run to continue instead of starting from ``init_centers``.
-    on_state : callable, optional
-        Called with the state after the initial centers are set, after every
-        iteration, and when the loop stops (for checkpoints).
 
     Returns
     -------
     LloydResult
     """
-    if state is None:
+    (result,) = lloyd_runs(
+        X,
+        [init_centers],
+        stores=[store],
+        weights=weights,
+        max_iter=max_iter,
+        tol=tol,
+        split_every=split_every,
+        on_iteration=None if on_iteration is None else lambda _, record: on_iteration(record),
+    )
+    return result
+
+
+def lloyd_runs(
+    X: da.Array,
+    init_centers: list[np.ndarray] | None = None,
+    *,
+    stores: list[LabelStore],
+    weights: da.Array | None = None,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    split_every: int = 8,
+    on_iteration: Callable[[int, dict], None] | None = None,
+    states: list[LloydState] | None = None,
+    on_pass: Callable[[list[LloydState]], None] | None = None,
+) -> list[LloydResult]:
+    """Run one or more Lloyd runs (restarts) at once, sharing every pass over X.
+
+    Each pass reads every block of X once and updates all runs still going;
+    a run that has stopped costs nothing more once its final assignment
+    (which rides along with the others' next pass) is done. Each run's
+    result is bitwise the same as if it ran alone.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, d)
+        Float data, one chunk along columns.
+    init_centers : list of ndarray of shape (k, d), optional
+        Each run's starting centers (when not continuing from ``states``).
+    stores : list of LabelStore
+        Each run's label store. When continuing, run r's store must hold the
+        labels of ``states[r].label_passes`` passes.
+    weights : dask.array.Array of shape (n,), optional
+        Sample weights, chunked like X's rows.
+    max_iter : int
+        Largest number of Lloyd iterations.
+    tol : float
+        Stop when the total squared center shift is at most ``tol`` times
+        the mean variance of the features.
+    split_every : int
+        Fan-in of the reduction tree.
+    on_iteration : callable, optional
+        Called with (run index, history record) as soon as a run's iteration
+        is known.
+    states : list of LloydState, optional
+        Saved runs to continue instead of starting from ``init_centers``.
+    on_pass : callable, optional
+        Called with every run's state once the initial centers are set and
+        after every pass (for checkpoints: continuing from the states it
+        saw ends bitwise as if never stopped).
+
+    Returns
+    -------
+    list of LloydResult, one per run
+    """
+    if states is None:
         if init_centers is None:
-            raise ValueError("lloyd needs init_centers or a state to continue")
-        state = LloydState(centers=np.asarray(init_centers, dtype=X.dtype))
-        if on_state is not None:
-            on_state(state)
+            raise ValueError("lloyd_runs needs init_centers or states to continue")
+        states = [LloydState(centers=np.asarray(c, dtype=X.dtype)) for c in init_centers]
+        if on_pass is not None:
+            on_pass(states)
+    if len(stores) != len(states):
+        raise ValueError(f"lloyd_runs got {len(states)} runs but {len(stores)} label stores")
+    for state in states:
+        if state.stop_reason is None and state.n_iter >= max_iter:
+            state.stop_reason = MAX_ITER  # continued with a max_iter already reached
+        if state.inertia is None and state.stop_reason == FIXED_POINT and state.exact_final:
+            state.inertia = state.last_objective  # the last pass's labels are final
+
     # Dask runs one block per thread; BLAS threads inside would oversubscribe
     # the cores. (Distributed workers already start with one BLAS thread.)
     with threadpool_limits(limits=1, user_api="blas"):
-        while state.stop_reason is None and state.n_iter < max_iter:
-            iteration = state.n_iter
+        while active := [run for run, state in enumerate(states) if state.inertia is None]:
+            iteration = states[active[0]].n_iter
+            if any(states[run].n_iter != iteration for run in active):
+                raise ValueError("the runs to continue are not all at the same iteration")
             start = time.perf_counter()
             totals = lloyd_pass(
                 X,
-                state.centers,
-                store=store,
+                [states[run].centers for run in active],
+                stores=[stores[run] for run in active],
                 iteration=iteration,
                 weights=weights,
                 split_every=split_every,
                 first_pass=iteration == 0,
             )
+            seconds = time.perf_counter() - start
             if iteration == 0 and tol > 0:
-                state.tol_abs = tol * float(np.mean(totals.moments.variance))
-            new_centers, n_reseeded = update_centers(totals, state.centers)
-            shift = float(np.sum((new_centers.astype(np.float64) - state.centers) ** 2))
-            record = {
-                "iteration": iteration + 1,
-                "objective": totals.objective,
-                "labels_changed": totals.changed,
-                "center_shift": shift,
-                "reseeded": n_reseeded,
-                "seconds": time.perf_counter() - start,
-            }
-            check_objective(state.last_objective, totals.objective, X.dtype, iteration + 1)
-            state.history.append(record)
-            state.n_iter = iteration + 1
-            state.exact_final = bool(np.array_equal(new_centers, state.centers))
-            state.centers = new_centers
-            if totals.changed == 0:
-                state.stop_reason = FIXED_POINT
-            elif shift <= state.tol_abs:
-                state.stop_reason = TOL
-            elif state.n_iter >= max_iter:
-                state.stop_reason = MAX_ITER
-            if on_state is not None:
-                on_state(state)
+                tol_abs = tol * float(np.mean(totals[0].moments.variance))
+                for run in active:
+                    states[run].tol_abs = tol_abs
+            records = {}
+            for run, run_totals in zip(active, totals, strict=True):
+                state = states[run]
+                if state.stop_reason is None:
+                    records[run] = _iterate(state, run_totals, max_iter=max_iter, dtype=X.dtype)
+                    records[run]["seconds"] = seconds
+                else:
+                    # Stopped short of an exact fixed point: this pass made the
+                    # labels match the final centers (as scikit-learn does).
+                    state.inertia = run_totals.objective
+                    state.final_pass = True
+                    check_objective(state.last_objective, state.inertia, X.dtype, iteration)
+            if on_pass is not None:
+                on_pass(states)
             if on_iteration is not None:
-                on_iteration(record)
-        if state.stop_reason is None:  # continued with a max_iter already reached
-            state.stop_reason = MAX_ITER
-
-        if state.stop_reason == FIXED_POINT and state.exact_final:
-            inertia = state.last_objective
-        else:  # make the labels match the final centers (an assignment-only pass)
-            totals = lloyd_pass(
-                X,
-                state.centers,
-                store=store,
-                iteration=state.n_iter,
-                weights=weights,
-                split_every=split_every,
-            )
-            inertia = totals.objective
-            check_objective(state.last_objective, inertia, X.dtype, state.n_iter)
-        return LloydResult(
+                for run, record in records.items():
+                    on_iteration(run, record)
+    return [
+        LloydResult(
             centers=state.centers,
-            inertia=float(inertia),
+            inertia=float(state.inertia),
             n_iter=state.n_iter,
             stop_reason=state.stop_reason,
             history=state.history,
         )
+        for state in states
+    ]
+
+
+def _iterate(state: LloydState, totals: ChunkStats, *, max_iter: int, dtype: np.dtype) -> dict:
+    """Move one run's centers to the means of a pass's totals; test for a stop.
+
+    Updates ``state`` and returns the iteration's history record.
+    """
+    iteration = state.n_iter
+    new_centers, n_reseeded = update_centers(totals, state.centers)
+    shift = float(np.sum((new_centers.astype(np.float64) - state.centers) ** 2))
+    record = {
+        "iteration": iteration + 1,
+        "objective": totals.objective,
+        "labels_changed": totals.changed,
+        "center_shift": shift,
+        "reseeded": n_reseeded,
+    }
+    check_objective(state.last_objective, totals.objective, dtype, iteration + 1)
+    state.history.append(record)
+    state.n_iter = iteration + 1
+    state.exact_final = bool(np.array_equal(new_centers, state.centers))
+    state.centers = new_centers
+    if totals.changed == 0:
+        state.stop_reason = FIXED_POINT
+        if state.exact_final:
+            state.inertia = totals.objective  # these labels are final
+    elif shift <= state.tol_abs:
+        state.stop_reason = TOL
+    elif state.n_iter >= max_iter:
+        state.stop_reason = MAX_ITER
+    return record

@@ -24,9 +24,10 @@ _bars_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("dkmeans_ba
 
 
 def format_record(record: dict) -> str:
-    """One iteration's history record as one line."""
+    """One iteration's history record as one line (prefixed by its run, with n_init > 1)."""
+    run = f"run {record['run']:2d}  " if "run" in record else ""
     return (
-        f"iter {record['iteration']:4d}  objective {record['objective']:.10g}  "
+        f"{run}iter {record['iteration']:4d}  objective {record['objective']:.10g}  "
         f"changed {record['labels_changed']:>10d}  shift {record['center_shift']:.3e}  "
         f"{record['seconds']:.2f}s"
     )
@@ -90,14 +91,18 @@ class IterationReporter:
         head = (
             f'<a href="{html.escape(link)}" target="_blank">Dask dashboard</a><br>' if link else ""
         )
+        runs = any("run" in r for r in self.records)
         rows = "".join(
-            f"<tr><td>{r['iteration']}</td><td>{r['objective']:.10g}</td>"
+            "<tr>"
+            + (f"<td>{r.get('run', '')}</td>" if runs else "")
+            + f"<td>{r['iteration']}</td><td>{r['objective']:.10g}</td>"
             f"<td>{r['labels_changed']}</td><td>{r['center_shift']:.3e}</td>"
             f"<td>{r['seconds']:.2f}</td></tr>"
             for r in self.records[-10:]  # the latest few: the display stays small
         )
         return (
-            f"{head}<table><tr><th>iteration</th><th>objective</th><th>labels changed</th>"
+            f"{head}<table><tr>{'<th>run</th>' if runs else ''}<th>iteration</th>"
+            "<th>objective</th><th>labels changed</th>"
             f"<th>center shift</th><th>seconds</th></tr>{rows}</table>"
             f"<p>{html.escape(footer)}</p>"
         )

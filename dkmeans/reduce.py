@@ -205,14 +205,50 @@ def reduce_blocks(
     )
 
 
+@dataclass
+class PerRun:
+    """One result per run (restart) of a block or subtree, combined run by run.
+
+    A plain list would be taken apart by Dask's reduction, hence the wrapper.
+    """
+
+    runs: list
+
+
+def _combine_per_run(parts: list[PerRun], *, combine: Callable[[list], Any]) -> PerRun:
+    by_run = zip(*(part.runs for part in parts), strict=True)
+    return PerRun([combine(list(run_parts)) for run_parts in by_run])
+
+
+def reduce_runs(
+    block_results: da.Array,
+    *,
+    combine: Callable[[list], Any],
+    split_every: int,
+    unwrap: Callable[[Any], PerRun] | None = None,
+) -> da.Array:
+    """:func:`reduce_blocks` for blocks that hold a :class:`PerRun`, combining each run's own.
+
+    Every run's results are combined in the same tree, so each run's total
+    is bitwise what it would be reduced alone. The result is a 0-d object
+    array holding a PerRun.
+    """
+    return reduce_blocks(
+        block_results,
+        combine=partial(_combine_per_run, combine=combine),
+        split_every=split_every,
+        unwrap=unwrap,
+    )
+
+
 def tree_reduce(block_results: da.Array, *, split_every: int, n_farthest: int) -> da.Array:
-    """Reduce a 1-D object array of per-block (ChunkStats, labels) to one total ChunkStats.
+    """Reduce per-block results of one or more runs to each run's total ChunkStats.
 
     Parameters
     ----------
     block_results : dask.array.Array
-        Object array with one element per row block of X, each a tuple
-        ``(ChunkStats, labels or None)``.
+        Object array with one element per row block of X, each a list with
+        one ``(ChunkStats, labels or None)`` pair per run.
     split_every : int
         Fan-in of the reduction tree.
     n_farthest : int
@@ -221,9 +257,10 @@ def tree_reduce(block_results: da.Array, *, split_every: int, n_farthest: int) -
     Returns
     -------
     dask.array.Array
-        A 0-d object array whose single value is the total ChunkStats.
+        A 0-d object array whose single value is a :class:`PerRun` of each
+        run's total ChunkStats.
     """
-    return reduce_blocks(
+    return reduce_runs(
         block_results,
         combine=partial(combine, n_farthest=n_farthest),
         split_every=split_every,
@@ -231,5 +268,5 @@ def tree_reduce(block_results: da.Array, *, split_every: int, n_farthest: int) -
     )
 
 
-def _stats_of(element: tuple) -> ChunkStats:
-    return element[0]
+def _stats_of(element: list[tuple]) -> PerRun:
+    return PerRun([stats for stats, _ in element])

@@ -28,7 +28,8 @@ def data_path(tmp_path_factory):
 
 
 def _model(**params):
-    return KMeans(6, init="random", random_state=4, tol=0, max_iter=40, **params)
+    defaults = {"init": "random", "n_init": 1, "random_state": 4, "tol": 0, "max_iter": 40}
+    return KMeans(6, **(defaults | params))
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +66,11 @@ def _interrupt_save_at(monkeypatch, call: int, before_writing: bool):
     original = checkpoint.Checkpoint.save
     calls = []
 
-    def save(self, state):
-        calls.append(state.n_iter)
+    def save(self, states):
+        calls.append(states[0].n_iter)
         if len(calls) == call and before_writing:
             raise Interrupted
-        original(self, state)
+        original(self, states)
         if len(calls) == call:
             raise Interrupted
 
@@ -99,9 +100,7 @@ def test_interrupted_fit_continues_to_the_same_result(
     # seed, same result); otherwise it must not initialise again, so a
     # different seed cannot change the result.
     seed = 4 if saved is None else 99
-    resumed = KMeans(6, init="random", random_state=seed, tol=0, max_iter=40).fit(
-        data_path, checkpoint=out, resume=True
-    )
+    resumed = _model(random_state=seed).fit(data_path, checkpoint=out, resume=True)
     _assert_same_fit(resumed, reference)
     assert checkpoint.status(out) == "complete"
     _assert_same_fit(load(out), reference)
@@ -143,6 +142,7 @@ def test_resume_without_a_checkpoint_starts_a_fit(data_path, reference, tmp_path
         ({"n_clusters": 5}, "n_clusters: saved 6, now 5"),
         ({"tol": 1e-3}, "tol: saved 0.0, now 0.001"),
         ({"split_every": 3}, "split_every"),
+        ({"n_init": 2}, "n_init: saved 1, now 2"),
         ({"chunks": 3_000}, "row_chunks_sha256"),
     ],
 )

@@ -35,7 +35,7 @@ def write_job(tmp_path, data_path, **sections):
     job = {
         "input": {"path": data_path},
         "output": {"path": str(tmp_path / "out.zarr")},
-        "model": {"n_clusters": 5, "init": "random", "tol": 0, "random_state": 1},
+        "model": {"n_clusters": 5, "init": "random", "n_init": 1, "tol": 0, "random_state": 1},
     }
     for name, body in sections.items():
         job[name] = {**job.get(name, {}), **body}
@@ -45,7 +45,7 @@ def write_job(tmp_path, data_path, **sections):
 
 
 def api_fit(data_path, **params):
-    defaults = {"n_clusters": 5, "init": "random", "tol": 0, "random_state": 1}
+    defaults = {"n_clusters": 5, "init": "random", "n_init": 1, "tol": 0, "random_state": 1}
     return KMeans(**(defaults | params)).fit(data_path)
 
 
@@ -149,6 +149,21 @@ def test_cli_fit_equals_the_api_and_prints_one_line_per_iteration(data_path, tmp
     iteration_lines = [line for line in out.splitlines() if line.startswith("iter ")]
     assert len(iteration_lines) == fitted.n_iter_
     assert re.search(r"result: .*out.zarr \(\d+ iterations, fixed point", out)
+
+
+def test_cli_fit_with_restarts_reports_each_run_and_keeps_the_best(data_path, tmp_path, capsys):
+    job = write_job(tmp_path, data_path, model={"n_init": 3, "random_state": 7})
+    assert main(["fit", job]) == 0
+    out = capsys.readouterr().out
+    fitted = load(tmp_path / "out.zarr")
+    assert_same(fitted, api_fit(data_path, n_init=3, random_state=7))
+    best = int(re.search(r"\(run (\d) of 3\)", out).group(1))
+    lines = {
+        run: [line for line in out.splitlines() if line.startswith(f"run {run:2d}  iter ")]
+        for run in range(3)
+    }
+    assert all(lines.values())
+    assert len(lines[best]) == fitted.n_iter_
 
 
 def test_flags_override_the_job_file(data_path, tmp_path, capsys):

@@ -36,7 +36,8 @@ def separated():
 def _init(X, chunks, seed=0, weights=None, **kwargs):
     arr = da.from_array(X, chunks=(chunks, -1))
     w = None if weights is None else da.from_array(weights, chunks=chunks)
-    return kmeans_parallel(arr, 20, rng=np.random.default_rng(seed), weights=w, **kwargs)
+    (centers,) = kmeans_parallel(arr, 20, rngs=[np.random.default_rng(seed)], weights=w, **kwargs)
+    return centers
 
 
 @given(
@@ -63,7 +64,7 @@ def test_kmeans_parallel_reads_x_at_most_rounds_plus_two_times(separated, weight
     if weighted:
         w = da.from_array(np.random.default_rng(0).uniform(0.5, 2, len(X)), chunks=2_500)
     with dask.config.set(scheduler="threads"):
-        kmeans_parallel(arr, 20, rng=np.random.default_rng(0), weights=w)
+        kmeans_parallel(arr, 20, rngs=[np.random.default_rng(0)], weights=w)
     passes = source.reads / arr.numblocks[0]
     # rounds + the weighing pass, + the first center (one block, or a pass when weighted)
     assert passes <= DEFAULT_ROUNDS + (2 if weighted else 1) + 1 / arr.numblocks[0]
@@ -135,7 +136,9 @@ def test_zero_weight_rows_are_never_chosen(separated):
 
 def test_fewer_distinct_rows_than_clusters():
     X = np.repeat(np.eye(3, dtype=np.float64), 100, axis=0)
-    centers = kmeans_parallel(da.from_array(X, chunks=(50, -1)), 5, rng=np.random.default_rng(0))
+    (centers,) = kmeans_parallel(
+        da.from_array(X, chunks=(50, -1)), 5, rngs=[np.random.default_rng(0)]
+    )
     assert centers.shape == (5, 3)
     assert {tuple(c) for c in centers} == {tuple(r) for r in np.eye(3)}
 

@@ -31,7 +31,7 @@ def test_zarr_larger_than_worker_memory_is_clustered_without_spilling(tmp_path):
     )
     data_bytes = N_SAMPLES * N_FEATURES * 4
     assert data_bytes > 2.9 * WORKERS * WORKER_MEMORY  # the point of the test
-    params = dict(n_clusters=8, init="random", random_state=4, max_iter=3, tol=0)
+    params = dict(n_clusters=8, init="random", n_init=1, random_state=4, max_iter=3, tol=0)
 
     with (
         LocalCluster(

@@ -22,7 +22,9 @@ def data():
 
 def _fit(X, label_store, scheduler=None, **config):
     arr = da.from_array(X, chunks=(1_500, -1))  # 14 blocks: a two-level tree at split_every=4
-    model = KMeans(7, init="random", random_state=3, tol=0, split_every=4, label_store=label_store)
+    model = KMeans(
+        7, init="random", n_init=2, random_state=3, tol=0, split_every=4, label_store=label_store
+    )
     if scheduler is None:
         return model.fit(arr)
     with dask.config.set(scheduler=scheduler, **config):
