@@ -15,6 +15,11 @@ the total squared center shift is at most ``tol`` times the mean feature
 variance (scikit-learn's meaning of ``tol``), or after ``max_iter`` passes.
 After a stop that is not a fixed point, one more assignment pass makes the
 labels consistent with the final centers, as scikit-learn does.
+
+Restarts (``n_init``) run together (:func:`lloyd_runs`): each task reads its
+block once and runs the kernel for every run still going, and each run's
+statistics are reduced in the same tree, so R runs cost one read of X per
+pass and each ends bitwise as it would alone.
 """
 
 from __future__ import annotations
@@ -310,25 +315,16 @@ def lloyd(
     split_every: int = 8,
     on_iteration: Callable[[dict], None] | None = None,
 ) -> LloydResult:
-    """Run Lloyd's algorithm from given centers (one run; see :func:`lloyd_runs`).
+    """Run Lloyd's algorithm from given centers: one run of :func:`lloyd_runs`.
 
     Parameters
     ----------
-    X : dask.array.Array of shape (n, d)
-        Float data, one chunk along columns.
+    X, weights, max_iter, tol, split_every
+        As for :func:`lloyd_runs`.
     init_centers : ndarray of shape (k, d)
         Starting centers.
     store : LabelStore
         Where labels are kept between passes (and read from afterwards).
-    weights : dask.array.Array of shape (n,), optional
-        Sample weights, chunked like X's rows.
-    max_iter : int
-        Largest number of Lloyd iterations.
-    tol : float
-        Stop when the total squared center shift is at most ``tol`` times
-        the mean variance of the features.
-    split_every : int
-        Fan-in of the reduction tree.
     on_iteration : callable, optional
         Called with each iteration's history record as soon as it is known.
 
