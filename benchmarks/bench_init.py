@@ -25,29 +25,9 @@ import time
 import numpy as np
 import psutil
 
+from dkmeans.datasets import counting_dask_array
+
 SEEDS = range(10)
-
-
-class CountingArray:
-    """Wraps an array (NumPy or Zarr) and counts the slices read from it."""
-
-    def __init__(self, array):
-        self.array = array
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
-        self.reads = 0
-
-    def __getitem__(self, key):
-        self.reads += 1
-        return self.array[key]
-
-
-def counted_dask_array(array, chunk_rows: int):
-    import dask.array as da
-
-    source = CountingArray(array)
-    X = da.from_array(source, chunks=(chunk_rows, -1), asarray=True, inline_array=True)
-    source.reads = 0  # from_array reads once for its meta
-    return source, X
 
 
 def describe(values: list[float]) -> str:
@@ -109,7 +89,7 @@ def init_at_scale(path: str, n: int, k: int) -> None:
     print(f"{path}: {array.shape[0]:,} x {d} {array.dtype}, {array.nbytes / 2**30:.2f} GiB, k={k}")
     results = {}
     with dask.config.set(scheduler="threads"):
-        source, X = counted_dask_array(array, array.chunks[0])
+        source, X = counting_dask_array(array, array.chunks[0])
         n_blocks = X.numblocks[0]
         start = time.perf_counter()
         X.sum(axis=0).compute()
@@ -158,7 +138,7 @@ def restarts(path: str, n: int) -> None:
     array = zarr.open_array(path, mode="r")
     print(f"{path}: {n:,} x 32 float32 Zarr, k={k}, {iters} iterations per run, init='random'")
     with dask.config.set(scheduler="threads"):
-        source, X = counted_dask_array(array, array.chunks[0])
+        source, X = counting_dask_array(array, array.chunks[0])
         n_blocks = X.numblocks[0]
 
         def fit(runs: int, seed: int) -> float:

@@ -35,16 +35,3 @@ def general_position_init(X: np.ndarray, k: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows = X[rng.choice(len(X), size=k, replace=False)].astype(np.float64)
     return rows + rng.uniform(-1e-3, 1e-3, size=rows.shape)
-
-
-class CountingArray:
-    """An array-like that counts the row blocks read from it (wrap with da.from_array)."""
-
-    def __init__(self, array):
-        self.array = array
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
-        self.reads = 0
-
-    def __getitem__(self, key):
-        self.reads += 1
-        return self.array[key]

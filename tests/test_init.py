@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from sklearn.datasets import make_blobs
 
 from dkmeans import KMeans
+from dkmeans.datasets import counting_dask_array
 from dkmeans.init import DEFAULT_ROUNDS, _philox_key, kmeans_parallel, row_uniforms
-from tests.conftest import CountingArray
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,7 @@ def test_row_draws_do_not_depend_on_the_blocks(offset, splits, seed):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_kmeans_parallel_reads_x_at_most_rounds_plus_two_times(separated, weighted):
     X = separated[0]
-    source = CountingArray(X)
-    arr = da.from_array(source, chunks=(2_500, -1), asarray=True, inline_array=True)
-    source.reads = 0  # from_array reads once for its meta
+    source, arr = counting_dask_array(X, 2_500)
     w = None
     if weighted:
         w = da.from_array(np.random.default_rng(0).uniform(0.5, 2, len(X)), chunks=2_500)
@@ -73,9 +71,7 @@ def test_kmeans_parallel_reads_x_at_most_rounds_plus_two_times(separated, weight
 
 def test_a_fit_with_kmeans_parallel_reads_x_rounds_plus_iterations(separated):
     X = separated[0]
-    source = CountingArray(X)
-    arr = da.from_array(source, chunks=(4_000, -1), asarray=True, inline_array=True)
-    source.reads = 0
+    source, arr = counting_dask_array(X, 4_000)
     model = KMeans(20, random_state=0, tol=0, max_iter=3).fit(arr)
     init_reads = source.reads - arr.numblocks[0] * (model.n_iter_ + 1)
     assert init_reads <= (DEFAULT_ROUNDS + 1) * arr.numblocks[0] + 1

@@ -7,10 +7,10 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from dkmeans import KMeans, checkpoint, kernel, load
+from dkmeans.datasets import counting_dask_array
 from dkmeans.init import DEFAULT_ROUNDS, initial_centers, spawn_generators
 from dkmeans.labels import make_label_stores
 from dkmeans.lloyd import FIXED_POINT, lloyd, lloyd_runs
-from tests.conftest import CountingArray
 
 N_RUNS = 4
 
@@ -20,13 +20,6 @@ def overlapping():
     """Overlapping blobs where restarts end in different local minima."""
     X, _ = make_blobs(n_samples=12_000, n_features=3, centers=9, cluster_std=2.5, random_state=5)
     return X.astype(np.float32)
-
-
-def _counted(X, chunks):
-    source = CountingArray(X)
-    arr = da.from_array(source, chunks=(chunks, -1), asarray=True, inline_array=True)
-    source.reads = 0  # from_array reads once for its meta
-    return source, arr
 
 
 def _assert_same_run(shared, alone, shared_store, alone_store):
@@ -65,7 +58,7 @@ def _passes_of(result) -> int:
 
 
 def test_runs_read_x_once_per_pass_and_stopped_runs_cost_nothing(overlapping, monkeypatch):
-    source, X = _counted(overlapping, 2_000)
+    source, X = counting_dask_array(overlapping, 2_000)
     n_blocks = X.numblocks[0]
     rngs = spawn_generators(np.random.default_rng(3), N_RUNS)
     centers = initial_centers(X, 9, "random", rngs=rngs)
@@ -87,7 +80,7 @@ def test_runs_read_x_once_per_pass_and_stopped_runs_cost_nothing(overlapping, mo
 
 
 def test_a_fit_with_restarts_reads_x_as_often_as_its_longest_run(overlapping):
-    source, X = _counted(overlapping, 2_000)
+    source, X = counting_dask_array(overlapping, 2_000)
     n_blocks = X.numblocks[0]
     with dask.config.set(scheduler="threads"):
         KMeans(9, n_init=N_RUNS, random_state=0, tol=0, max_iter=4).fit(X)

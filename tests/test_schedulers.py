@@ -11,7 +11,7 @@ from distributed import Client, LocalCluster
 from sklearn.datasets import make_blobs
 
 from dkmeans import KMeans
-from tests.conftest import CountingArray
+from dkmeans.datasets import counting_dask_array
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +63,7 @@ def test_bitwise_identical_across_schedulers(data, label_store):
 
 @pytest.mark.parametrize("label_store", ["memory", "zarr"])
 def test_each_iteration_reads_every_block_exactly_once(data, label_store):
-    source = CountingArray(data)
-    X = da.from_array(source, chunks=(2_000, -1), asarray=True, inline_array=True)
-    source.reads = 0  # from_array slices the source once for its meta
+    source, X = counting_dask_array(data, 2_000)
     init = data[:7] + 0.01
     with dask.config.set(scheduler="threads"):
         model = KMeans(7, init=init, tol=0, max_iter=4, label_store=label_store).fit(X)
