@@ -117,6 +117,7 @@ class Checkpoint:
     def __init__(self, group: zarr.Group, label_stores: list[ZarrLabelStore]):
         self.group = group
         self.label_stores = label_stores
+        self._centers_written: dict[int, int] = {}  # run -> n_iter of its latest centers write
 
     @classmethod
     def create(
@@ -185,6 +186,7 @@ class Checkpoint:
             state = LloydState(centers=run_group["centers"][record["n_iter"] % 2], **record)
             store.restore(state.label_passes)
             states.append(state)
+        checkpoint._centers_written = {run: state.n_iter for run, state in enumerate(states)}
         return checkpoint, states
 
     def save(self, states: list[LloydState]) -> None:
@@ -192,7 +194,10 @@ class Checkpoint:
         state_group = self.group[CHECKPOINT]
         records = []
         for run, state in enumerate(states):
-            state_group[_run_name(run)]["centers"][state.n_iter % 2] = state.centers
+            # A run that has stopped keeps its centers: no rewrite of the buffer in use.
+            if self._centers_written.get(run) != state.n_iter:
+                state_group[_run_name(run)]["centers"][state.n_iter % 2] = state.centers
+                self._centers_written[run] = state.n_iter
             record = asdict(state)
             del record["centers"]
             records.append(record)

@@ -214,7 +214,7 @@ class KMeans:
                 f"Explicit initial center position passed: performing only one init in "
                 f"{type(self).__name__} instead of n_init={n_init}.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of fit
             )
             return 1
         return n_init
