@@ -4,11 +4,12 @@ __version__ = "0.1.0"
 
 from dkmeans.checkpoint import CheckpointMismatchError
 from dkmeans.estimator import KMeans, NotFittedError, load
-from dkmeans.io import InputNotFoundError
+from dkmeans.io import ChunkReadError, InputNotFoundError
 from dkmeans.lloyd import ObjectiveIncreaseWarning
 
 __all__ = [
     "CheckpointMismatchError",
+    "ChunkReadError",
     "InputNotFoundError",
     "KMeans",
     "NotFittedError",

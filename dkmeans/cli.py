@@ -34,6 +34,7 @@ from dkmeans.estimator import KMeans, load
 logger = logging.getLogger("dkmeans")
 
 # Errors that mean "the input is wrong": a one-line message and exit status 2.
+# (A chunk that cannot be read is a one-line message and exit status 1.)
 USER_ERRORS = (jobs.JobError, ValueError, TypeError, FileNotFoundError)
 
 
@@ -146,20 +147,32 @@ def cmd_fit(args: argparse.Namespace) -> int:
         random_state=job["model.random_state"],
         split_every=job["model.split_every"],
         init_sample_size=job["model.init_sample_size"],
+        retries=job["model.retries"],
         verbose=True,
     )
     weights = job["input.sample_weight"]
     show_bars = sys.stderr.isatty() if args.progress is None else args.progress
     start = time.perf_counter()
-    with jobs.scheduler(job.section("dask")), progress.pass_bars(show_bars):
-        if weights is not None:
-            weights = da.from_zarr(io.open_zarr_array(weights, "input.sample_weight"))
-        model.fit(
-            job["input.path"],
-            sample_weight=weights,
-            checkpoint=output,
-            resume=args.resume and found in ("checkpoint", "complete"),
-        )
+    try:
+        with jobs.scheduler(job.section("dask")), progress.pass_bars(show_bars):
+            if weights is not None:
+                weights = da.from_zarr(io.open_zarr_array(weights, "input.sample_weight"))
+            model.fit(
+                job["input.path"],
+                sample_weight=weights,
+                checkpoint=output,
+                resume=args.resume and found in ("checkpoint", "complete"),
+            )
+    except USER_ERRORS:
+        # Bad data found while reading (NaN, a negative weight): nothing to
+        # resume from, so leave nothing behind. A fault (an I/O error) keeps
+        # its checkpoint for --resume.
+        if found == "absent":
+            io.remove(output)
+        raise
+    except io.ChunkReadError:
+        logger.info("the fit so far is saved at %s: continue it with --resume", output)
+        raise
     logger.info(
         "result: %s (%d iterations, %s, inertia %.10g) in %.1fs",
         output,
@@ -287,12 +300,13 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # e.g. `dkmeans info GROUP | head`: the reader left
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        except USER_ERRORS as err:
+        except (*USER_ERRORS, io.ChunkReadError) as err:
             if args.verbose:
                 logger.exception("failed")
             message = " ".join(str(err).split())  # one line
             print(f"dkmeans {args.command}: error: {message}", file=sys.stderr)
-            return 2
+            # 2: the input is wrong; 1: the storage failed (a checkpoint is kept).
+            return 1 if isinstance(err, io.ChunkReadError) else 2
 
 
 if __name__ == "__main__":

@@ -69,13 +69,20 @@ class KMeans:
         are bitwise identical across schedulers for a fixed chunking and
         ``split_every``.
     label_store : {"auto", "memory", "zarr"} or path, default="auto"
-        Where labels live between passes: "memory" (a NumPy array in this
-        process), "zarr" (a Zarr array in a temporary directory), a path or
-        URL (a Zarr array there, replaced), or "auto" (memory up to 1 GiB of
-        labels, else "zarr").
+        Where labels live between passes: "memory" (persisted dask blocks:
+        in this process, or on the workers under dask.distributed), "zarr"
+        (a Zarr array in a temporary directory), a path or URL (a Zarr array
+        there, replaced), or "auto" (memory up to 1 GiB of labels, else
+        "zarr").
     init_sample_size : int, default=None
         Rows k-means++ samples when X is too large to use whole (default
         131072).
+    retries : int, default=2
+        How many times a failed task is run again before the fit fails.
+        Under dask.distributed these are Dask's task retries (any error, on
+        any worker; a lost worker's tasks are re-run by Dask anyway); under
+        the local schedulers a pass that fails with an I/O error
+        (``OSError``) is run again whole. Re-runs cannot change the result.
     verbose : bool, default=False
         Report every iteration: a line per iteration (through the "dkmeans"
         logger if it has a handler), or an updating table in Jupyter.
@@ -121,6 +128,7 @@ class KMeans:
         split_every: int = 8,
         label_store: str | os.PathLike = "auto",
         init_sample_size: int | None = None,
+        retries: int = 2,
         verbose: bool = False,
     ):
         self.n_clusters = n_clusters
@@ -132,6 +140,7 @@ class KMeans:
         self.split_every = split_every
         self.label_store = label_store
         self.init_sample_size = init_sample_size
+        self.retries = retries
         self.verbose = verbose
 
     # -- scikit-learn estimator protocol ------------------------------------
@@ -201,6 +210,7 @@ class KMeans:
             "tol": validation.check_tol(self.tol),
             "rng": check_random_state(self.random_state),
             "n_init": self._n_runs(),
+            "retries": validation.check_positive_int(self.retries, "retries", minimum=0),
         }
 
     def _n_runs(self) -> int:
@@ -302,6 +312,7 @@ class KMeans:
                 weights=weights,
                 sample_size=self.init_sample_size,
                 split_every=params["split_every"],
+                retries=params["retries"],
             )
         results = lloyd.lloyd_runs(
             X,
@@ -314,6 +325,7 @@ class KMeans:
             on_iteration=None if reporter is None else _reporting(reporter, n_runs),
             states=states,
             on_pass=None if ckpt is None else ckpt.save,
+            retries=params["retries"],
         )
         # The lowest final objective wins; a tie goes to the first run.
         best = min(range(n_runs), key=lambda run: results[run].inertia)

@@ -19,7 +19,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from dkmeans import kernel, validation
+from dkmeans import kernel, scheduling, validation
 from dkmeans.lloyd import map_row_blocks
 from dkmeans.reduce import PerRun, reduce_runs
 
@@ -58,11 +58,11 @@ def spawn_generators(rng: np.random.Generator, n: int) -> list[np.random.Generat
         return [np.random.default_rng(int(rng.integers(2**62))) for _ in range(n)]
 
 
-def _take_rows(X: da.Array, rows: np.ndarray) -> np.ndarray:
+def _take_rows(X: da.Array, rows: np.ndarray, retries: int) -> np.ndarray:
     """Rows of X (in the order given), reading only the blocks that hold them."""
     order = np.argsort(rows)
     taken = np.empty((len(rows), X.shape[1]), dtype=X.dtype)
-    taken[order] = X[rows[order]].compute()
+    (taken[order],) = scheduling.compute(X[rows[order]], retries=retries)
     return taken
 
 
@@ -205,12 +205,19 @@ def _per_run(results: list) -> np.ndarray:
     return out
 
 
-def _reduce_runs(parts: da.Array, combine: Callable[[list], Any], split_every: int) -> list:
+def _reduce_runs(
+    parts: da.Array, combine: Callable[[list], Any], split_every: int, retries: int
+) -> list:
     """Each run's combined result of a pass whose blocks return a :class:`PerRun`."""
-    return reduce_runs(parts, combine=combine, split_every=split_every).compute().runs
+    (total,) = scheduling.compute(
+        reduce_runs(parts, combine=combine, split_every=split_every), retries=retries
+    )
+    return total.runs
 
 
-def _first_centers(X: da.Array, rngs: list[np.random.Generator], weights, split_every):
+def _first_centers(
+    X: da.Array, rngs: list[np.random.Generator], weights, split_every: int, retries: int
+):
     """One row per run drawn uniformly (weighted: with probability proportional to its weight).
 
     Unweighted, random indices read at most one block per run; weighted, one
@@ -222,8 +229,8 @@ def _first_centers(X: da.Array, rngs: list[np.random.Generator], weights, split_
     else:
         keys = [_philox_key(rng) for rng in rngs]
         parts = map_row_blocks(_race_task, X, weights, keys=keys)
-        rows = np.array([w.row for w in _reduce_runs(parts, min, split_every)])
-    taken = _take_rows(X, rows)
+        rows = np.array([w.row for w in _reduce_runs(parts, min, split_every, retries)])
+    taken = _take_rows(X, rows, retries)
     validation.check_finite_block(taken, block=0, row_offset=0, name="X (init rows)")
     return [taken[[run]] for run in range(len(rngs))]
 
@@ -257,6 +264,7 @@ def kmeans_parallel(
     rounds: int = DEFAULT_ROUNDS,
     oversampling: float = DEFAULT_OVERSAMPLING,
     split_every: int = 8,
+    retries: int = 0,
 ) -> list[np.ndarray]:
     """k-means|| (scalable k-means++, Bahmani et al. 2012): few passes, any size of X.
 
@@ -281,7 +289,7 @@ def kmeans_parallel(
     -------
     list of ndarray of shape (n_clusters, d), in X's dtype, one per run
     """
-    candidates = _first_centers(X, rngs, weights, split_every)
+    candidates = _first_centers(X, rngs, weights, split_every, retries)
     l_factor = oversampling * n_clusters
     growing = list(range(len(rngs)))  # runs still sampling
     for round_ in range(rounds):
@@ -296,7 +304,7 @@ def kmeans_parallel(
             oversampling=l_factor,
             check=round_ == 0,
         )
-        found = _reduce_runs(parts, Candidates.combine, split_every)
+        found = _reduce_runs(parts, Candidates.combine, split_every, retries)
         for run, run_found in zip(list(growing), found, strict=True):
             if run_found.cost == 0:  # every row is a candidate already
                 growing.remove(run)
@@ -306,9 +314,10 @@ def kmeans_parallel(
     for run, rng in enumerate(rngs):
         if len(candidates[run]) < n_clusters:  # few distinct rows: complete with random ones
             extra = rng.choice(X.shape[0], size=n_clusters - len(candidates[run]), replace=False)
-            candidates[run] = np.concatenate([candidates[run], _take_rows(X, np.sort(extra))])
+            extra_rows = _take_rows(X, np.sort(extra), retries)
+            candidates[run] = np.concatenate([candidates[run], extra_rows])
     parts = map_row_blocks(_weigh_task, X, weights, candidates=candidates)
-    masses = _reduce_runs(parts, sum, split_every)
+    masses = _reduce_runs(parts, sum, split_every, retries)
     return [
         greedy_kmeans_plusplus(run_candidates, n_clusters, rng, weights=mass)
         for run_candidates, rng, mass in zip(candidates, rngs, masses, strict=True)
@@ -324,6 +333,7 @@ def initial_centers(
     weights: da.Array | None = None,
     sample_size: int | None = None,
     split_every: int = 8,
+    retries: int = 0,
 ) -> list[np.ndarray]:
     """Compute the starting centers of each run (one per generator in ``rngs``).
 
@@ -346,6 +356,9 @@ def initial_centers(
         ``KMEANS_PLUSPLUS_MAX_BYTES`` (default ``DEFAULT_SAMPLE_SIZE``).
     split_every : int
         Fan-in of the reductions of k-means||.
+    retries : int
+        Times a failed read (or task, under dask.distributed) is run again;
+        see :mod:`dkmeans.scheduling`.
 
     Returns
     -------
@@ -356,11 +369,13 @@ def initial_centers(
         centers = _checked_init_array(init, n_clusters, d).astype(X.dtype)
         return [centers for _ in rngs]
     if init == "k-means||":
-        return kmeans_parallel(X, n_clusters, rngs=rngs, weights=weights, split_every=split_every)
+        return kmeans_parallel(
+            X, n_clusters, rngs=rngs, weights=weights, split_every=split_every, retries=retries
+        )
     if init == "random":
         p = None
         if weights is not None:
-            w = weights.compute()
+            (w,) = scheduling.compute(weights, retries=retries)
             p = w / w.sum()
             if np.count_nonzero(p) < n_clusters:
                 raise ValueError(
@@ -368,24 +383,25 @@ def initial_centers(
                     f"positive sample_weight, got {np.count_nonzero(p)}"
                 )
         rows = [rng.choice(n, size=n_clusters, replace=False, p=p) for rng in rngs]
-        centers = _take_rows(X, np.concatenate(rows))
+        centers = _take_rows(X, np.concatenate(rows), retries)
         validation.check_finite_block(centers, block=0, row_offset=0, name="X (init rows)")
         return np.split(centers, len(rngs))
     if init == "k-means++":
         if n * d * X.dtype.itemsize <= KMEANS_PLUSPLUS_MAX_BYTES:  # all rows, for every run
-            taken = X.compute()
+            taken, w = scheduling.compute(X, weights, retries=retries)
             points = [taken] * len(rngs)
-            w = [None if weights is None else weights.compute()] * len(rngs)
+            w = [w] * len(rngs)
         else:  # each run's own sample, read together
             size = min(n, sample_size or DEFAULT_SAMPLE_SIZE)
             rows = np.concatenate(
                 [np.sort(rng.choice(n, size=size, replace=False)) for rng in rngs]
             )
-            taken = _take_rows(X, rows)
+            taken = _take_rows(X, rows, retries)
             points = np.split(taken, len(rngs))
             w = [None] * len(rngs)
             if weights is not None:
-                w = np.split(weights[rows].compute(), len(rngs))
+                (w,) = scheduling.compute(weights[rows], retries=retries)
+                w = np.split(w, len(rngs))
         validation.check_finite_block(taken, block=0, row_offset=0, name="X (init sample)")
         return [
             greedy_kmeans_plusplus(run_points, n_clusters, rng, weights=run_w)

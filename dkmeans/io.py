@@ -18,6 +18,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+from dask.base import tokenize
 
 from dkmeans import validation
 
@@ -43,6 +44,48 @@ COMPLETE_ATTR = "dkmeans_complete"
 
 class InputNotFoundError(FileNotFoundError, ValueError):
     """A path or URL given as input names no Zarr array."""
+
+
+class ChunkReadError(OSError):
+    """A chunk of a Zarr input could not be read or decoded; the message names it.
+
+    An ``OSError``, so that it is retried like other I/O errors (see
+    :mod:`dkmeans.scheduling`).
+    """
+
+
+class ZarrRowReader:
+    """A Zarr array as a source for ``da.from_array`` whose read errors name the chunk.
+
+    Zarr's own errors (a failed store read, a codec that cannot decode the
+    bytes) say nothing of where they happened; this says which rows, which
+    chunk and which array.
+    """
+
+    def __init__(self, array: zarr.Array, name: str = "X"):
+        self.array = array
+        self.name = name
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        try:
+            return self.array[index]
+        except Exception as err:
+            raise ChunkReadError(
+                f"{self.name}: could not read {self._where(index[0])} of the Zarr array "
+                f"{self.array.store_path}: {type(err).__name__}: {err}"
+            ) from err
+
+    def _where(self, rows: slice | np.ndarray) -> str:
+        chunk_rows = self.array.chunks[0]
+        n_chunks = -(-self.shape[0] // chunk_rows)
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self.shape[0])
+            first, last = start // chunk_rows, max(start, stop - 1) // chunk_rows
+            span = f"chunk {first}" if first == last else f"chunks {first}-{last}"
+            return f"rows {start}-{stop - 1} ({span} of {n_chunks})"
+        chunks = np.unique(np.asarray(rows) // chunk_rows)
+        return f"{len(rows)} rows in chunks {', '.join(map(str, chunks))} (of {n_chunks})"
 
 
 def open_zarr_array(path: str | os.PathLike, name: str = "X") -> zarr.Array:
@@ -97,7 +140,12 @@ def as_dask_array(X: Any, name: str = "X") -> da.Array:
     if isinstance(X, zarr.Array):
         validation.check_shape(X.shape, name)
         dtype = validation.working_dtype(X.dtype, name)
-        arr = da.from_zarr(X)
+        arr = da.from_array(
+            ZarrRowReader(X, name),
+            chunks=X.chunks,
+            name=f"zarr-{tokenize(X)}",
+            meta=np.empty((0,) * X.ndim, dtype=X.dtype),
+        )
     elif isinstance(X, da.Array):
         validation.check_shape(X.shape, name)
         dtype = validation.working_dtype(X.dtype, name)
@@ -253,6 +301,15 @@ def write_labels(group: zarr.Group, name: str, labels: da.Array) -> zarr.Array:
     )
     da.store(labels, out, lock=False)
     return out
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete whatever is at a path or fsspec URL, if anything."""
+    from fsspec.core import url_to_fs  # a dependency of dask
+
+    fs, root = url_to_fs(os.fspath(path))
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
 
 
 HISTORY_COLUMNS = ("objective", "labels_changed", "center_shift", "reseeded", "seconds")

@@ -5,7 +5,8 @@ documented in config/README.md)::
 
     input:  {path, sample_weight}
     output: {path, overwrite}
-    model:  {n_clusters, init, max_iter, tol, random_state, split_every, init_sample_size}
+    model:  {n_clusters, init, n_init, max_iter, tol, random_state, split_every,
+             init_sample_size, retries}
     dask:   {scheduler, num_workers, n_workers, threads_per_worker, memory_limit,
              dashboard_address, slurm, slurm_jobs}
 
@@ -155,6 +156,9 @@ FIELDS: dict[str, Field] = {
     "model.split_every": Field(8, _int_at_least(2), "fan-in of the reduction tree"),
     "model.init_sample_size": Field(
         None, _int_at_least(1, allow_none=True), "rows k-means++ samples from a large X"
+    ),
+    "model.retries": Field(
+        2, _int_at_least(0), "times a failed task (distributed) or I/O-failed pass is re-run"
     ),
     "dask.scheduler": Field("threads", _scheduler, "where the passes run"),
     "dask.num_workers": Field(

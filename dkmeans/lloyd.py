@@ -29,12 +29,11 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import dask
 import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dkmeans import kernel, progress, validation
+from dkmeans import kernel, progress, scheduling, validation
 from dkmeans.labels import LabelStore, ZarrBlockIO
 from dkmeans.reduce import ChunkStats, tree_reduce
 
@@ -143,6 +142,10 @@ def _pass_task(
             row_offset=row_offset,
             with_moments=first_pass and run == 0,  # the same for every run
         )
+        if not first_pass and not np.isfinite(stats.objective):
+            # The block was finite in the first pass: this read returned other
+            # data (storage fault). Name the block and row rather than go on.
+            validation.check_finite_block(x, block, row_offset)
         labels = labels.astype(label_dtype)
         if block_io is not None:
             block_io.write(block, labels)
@@ -166,6 +169,7 @@ def lloyd_pass(
     weights: da.Array | None = None,
     split_every: int = 8,
     first_pass: bool = False,
+    retries: int = 0,
 ) -> list[ChunkStats]:
     """Run one pass over X for one or more runs: assign every row, reduce the statistics.
 
@@ -189,6 +193,9 @@ def lloyd_pass(
     first_pass : bool
         Check the data for NaN/inf (and weights for sign) and compute the
         column moments (reported with the first run's totals).
+    retries : int
+        Times a failed pass (or task, under dask.distributed) is run again;
+        see :mod:`dkmeans.scheduling`.
 
     Returns
     -------
@@ -220,7 +227,7 @@ def lloyd_pass(
         for run, store in enumerate(stores)
     ]
     # One graph run: labels stay persisted where they were computed.
-    labels, totals = dask.persist(labels, totals)
+    labels, totals = scheduling.persist(labels, totals, retries=retries)
     progress.watch(totals)  # a progress bar under dask.distributed, when asked for
     totals = totals.compute().runs
     for store, run_labels in zip(stores, labels, strict=True):
@@ -314,12 +321,13 @@ def lloyd(
     tol: float = 1e-4,
     split_every: int = 8,
     on_iteration: Callable[[dict], None] | None = None,
+    retries: int = 0,
 ) -> LloydResult:
     """Run Lloyd's algorithm from given centers: one run of :func:`lloyd_runs`.
 
     Parameters
     ----------
-    X, weights, max_iter, tol, split_every
+    X, weights, max_iter, tol, split_every, retries
         As for :func:`lloyd_runs`.
     init_centers : ndarray of shape (k, d)
         Starting centers.
@@ -341,6 +349,7 @@ def lloyd(
         tol=tol,
         split_every=split_every,
         on_iteration=None if on_iteration is None else lambda _, record: on_iteration(record),
+        retries=retries,
     )
     return result
 
@@ -357,6 +366,7 @@ def lloyd_runs(
     on_iteration: Callable[[int, dict], None] | None = None,
     states: list[LloydState] | None = None,
     on_pass: Callable[[list[LloydState]], None] | None = None,
+    retries: int = 0,
 ) -> list[LloydResult]:
     """Run one or more Lloyd runs (restarts) at once, sharing every pass over X.
 
@@ -392,6 +402,9 @@ def lloyd_runs(
         Called with every run's state once the initial centers are set and
         after every pass (for checkpoints: continuing from the states it
         saw ends bitwise as if never stopped).
+    retries : int
+        Times a failed pass (or task, under dask.distributed) is run again;
+        see :mod:`dkmeans.scheduling`.
 
     Returns
     -------
@@ -427,6 +440,7 @@ def lloyd_runs(
                 weights=weights,
                 split_every=split_every,
                 first_pass=iteration == 0,
+                retries=retries,
             )
             seconds = time.perf_counter() - start
             if iteration == 0 and tol > 0:
