@@ -94,7 +94,12 @@ def open_zarr_array(path: str | os.PathLike, name: str = "X") -> zarr.Array:
     try:
         node = zarr.open(store=path, mode="r")
     except FileNotFoundError as err:
-        why = "no Zarr metadata there" if os.path.exists(path) else "path does not exist"
+        if not os.path.exists(path):
+            why = "path does not exist"
+        elif os.path.isfile(path):
+            why = "it is a file; a Zarr array is a directory, or a URL"
+        else:
+            why = "no Zarr metadata there"
         raise InputNotFoundError(f"{name}: no Zarr array at {path!r} ({why})") from err
     except Exception as err:  # zarr raises several kinds for "not zarr here"
         raise InputNotFoundError(f"{name}: {path!r} is not a Zarr array ({err})") from err

@@ -282,7 +282,10 @@ def _check_data(job: Job) -> None:
         X = io.open_zarr_array(job["input.path"], name="input.path")
         n_samples, n_features = validation.check_shape(X.shape, "input.path")
         validation.working_dtype(X.dtype, "input.path")
-        validation.check_n_clusters(job["model.n_clusters"], n_samples)
+        try:
+            validation.check_n_clusters(job["model.n_clusters"], n_samples)
+        except ValueError as err:
+            raise ValueError(f"model.n_clusters: {err} in input.path") from err
         if job["input.sample_weight"] is not None:
             w = io.open_zarr_array(job["input.sample_weight"], name="input.sample_weight")
             if w.shape != (n_samples,):

@@ -24,9 +24,11 @@ pass and each ends bitwise as it would alone.
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import dask.array as da
@@ -311,6 +313,38 @@ class LloydState:
         return self.history[-1]["objective"] if self.history else np.inf
 
 
+class _OneBlasThread:
+    """One BLAS thread while fits run in this process; the user's setting restored after.
+
+    Dask runs one block per thread, and BLAS threads inside each would
+    oversubscribe the cores (distributed workers already start with one).
+    Fits running at once from several threads share the limit: the first to
+    start sets it, the last to finish restores the original setting.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fits = 0
+        self._limits: threadpool_limits | None = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._fits == 0:
+                self._limits = threadpool_limits(limits=1, user_api="blas")
+            self._fits += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._fits -= 1
+                if self._fits == 0:
+                    self._limits.restore_original_limits()
+
+
+one_blas_thread = _OneBlasThread()
+
+
 def lloyd(
     X: da.Array,
     init_centers: np.ndarray,
@@ -424,9 +458,7 @@ def lloyd_runs(
         if state.inertia is None and state.stop_reason == FIXED_POINT and state.exact_final:
             state.inertia = state.last_objective  # the last pass's labels are final
 
-    # Dask runs one block per thread; BLAS threads inside would oversubscribe
-    # the cores. (Distributed workers already start with one BLAS thread.)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         while active := [run for run, state in enumerate(states) if state.inertia is None]:
             iteration = states[active[0]].n_iter
             if any(states[run].n_iter != iteration for run in active):

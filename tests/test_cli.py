@@ -1,7 +1,6 @@
 """The dkmeans command: job files, fit/predict/info/make-blobs, kill and resume, a real cluster."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,6 +16,8 @@ import zarr
 from dkmeans import KMeans, checkpoint, jobs, load
 from dkmeans.cli import main
 from dkmeans.datasets import make_blobs_zarr
+from tests.bad_inputs import BAD_ZARR_INPUTS, write_bad_input
+from tests.cluster import real_dask_cluster
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 
@@ -121,19 +122,21 @@ def test_missing_required_key_and_bad_yaml(tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore:The data type")  # zarr: no v3 spec for fixed strings
-def test_input_that_is_not_a_2d_numeric_zarr_array(tmp_path, capsys):
-    zarr.create_array(str(tmp_path / "v.zarr"), shape=(10,), dtype="f4")
-    zarr.create_array(str(tmp_path / "s.zarr"), shape=(10, 2), dtype="<U3")
-    (tmp_path / "plain").mkdir()
-    for path, message in [
-        ("v.zarr", "2D"),
-        ("s.zarr", "must hold numbers"),
-        ("plain", "no Zarr metadata there"),
-    ]:
-        job = write_job(tmp_path, str(tmp_path / path), model={"n_clusters": 2})
-        assert main(["fit", job]) == 2
-        err = capsys.readouterr().err
-        assert message in err and "input.path" in err, err
+@pytest.mark.parametrize("name", sorted(BAD_ZARR_INPUTS))
+def test_bad_input_array_is_one_line_exit_2_and_nothing_written(tmp_path, name):
+    """Wrong rank or dtype, empty, too few rows, NaN, not Zarr at all: as a real command."""
+    path, n_clusters, message = write_bad_input(tmp_path, name)
+    job = write_job(tmp_path, path, model={"n_clusters": n_clusters})
+    proc = subprocess.run(
+        [sys.executable, "-m", "dkmeans.cli", "fit", job], capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(message, proc.stderr), proc.stderr
+    if name != "nan.zarr":  # found when the job is read, before any work
+        assert "input.path" in proc.stderr and job in proc.stderr, proc.stderr
+    if name == "too-few-rows.zarr":
+        assert "model.n_clusters" in proc.stderr
     assert not (tmp_path / "out.zarr").exists()
 
 
@@ -289,64 +292,8 @@ def test_sigkill_then_resume_ends_bitwise_equal(tmp_path):
 
 @pytest.fixture
 def dask_cluster(tmp_path):
-    """`dask scheduler` and two memory-limited `dask worker` processes on 127.0.0.1."""
-    from distributed import Client
-
-    scheduler_file = str(tmp_path / "scheduler.json")
-    dask_cmd = [os.path.join(os.path.dirname(sys.executable), "dask")]
-    procs = [
-        subprocess.Popen(
-            [
-                *dask_cmd,
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--dashboard-address",
-                ":0",
-                "--scheduler-file",
-                scheduler_file,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(scheduler_file) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for name in ("w1", "w2"):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *dask_cmd,
-                        "worker",
-                        "--scheduler-file",
-                        scheduler_file,
-                        "--name",
-                        name,
-                        "--nthreads",
-                        "1",
-                        "--memory-limit",
-                        "1GiB",
-                        "--no-dashboard",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        with Client(scheduler_file=scheduler_file, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-            yield client
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with real_dask_cluster(tmp_path, n_workers=2, memory_limit="1GiB") as client:
+        yield client
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import zarr
 
 from dkmeans import InputNotFoundError, KMeans, NotFittedError
 from dkmeans.lloyd import ObjectiveIncreaseWarning, check_objective
+from tests.bad_inputs import BAD_ZARR_INPUTS, write_bad_input
 
 
 @pytest.fixture
@@ -121,6 +122,14 @@ def test_missing_zarr_path(tmp_path):
         KMeans(2).fit(str(missing))
     assert issubclass(InputNotFoundError, ValueError)
     assert issubclass(InputNotFoundError, FileNotFoundError)
+
+
+@pytest.mark.filterwarnings("ignore:The data type")  # zarr: no v3 spec for fixed strings
+@pytest.mark.parametrize("name", sorted(BAD_ZARR_INPUTS))
+def test_bad_zarr_input_is_named(tmp_path, name):
+    path, n_clusters, message = write_bad_input(tmp_path, name)
+    with pytest.raises((ValueError, TypeError), match=message):
+        KMeans(n_clusters).fit(path)
 
 
 def test_zarr_group_instead_of_array_suggests_an_array(tmp_path):

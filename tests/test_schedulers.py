@@ -1,7 +1,8 @@
 """Same fit under every scheduler: bitwise-identical results at a fixed chunking."""
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import dask
 import dask.array as da
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 from sklearn.datasets import make_blobs
+from threadpoolctl import threadpool_info
 
 from dkmeans import KMeans
 from dkmeans.datasets import counting_dask_array
@@ -23,7 +25,14 @@ def data():
 def _fit(X, label_store, scheduler=None, **config):
     arr = da.from_array(X, chunks=(1_500, -1))  # 14 blocks: a two-level tree at split_every=4
     model = KMeans(
-        7, init="random", n_init=2, random_state=3, tol=0, split_every=4, label_store=label_store
+        7,
+        init="random",
+        n_init=2,
+        random_state=3,
+        tol=0,
+        max_iter=15,  # stops at max_iter: the final assignment pass is compared too
+        split_every=4,
+        label_store=label_store,
     )
     if scheduler is None:
         return model.fit(arr)
@@ -31,34 +40,80 @@ def _fit(X, label_store, scheduler=None, **config):
         return model.fit(arr)
 
 
+def _history(model):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in model.history_]
+
+
 def _same(a, b):
     assert np.array_equal(a.cluster_centers_, b.cluster_centers_)  # bitwise
     assert a.inertia_ == b.inertia_
-    assert [r["objective"] for r in a.history_] == [r["objective"] for r in b.history_]
+    assert _history(a) == _history(b)  # objective, labels changed, center shift, reseeded
     assert a.n_iter_ == b.n_iter_
     np.testing.assert_array_equal(a.labels_.compute(), b.labels_.compute())
+
+
+def _fit_on_cluster(X, label_store, n_workers):
+    with (
+        LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster),
+    ):
+        model = _fit(X, label_store)
+        # Memory labels live on the workers: read them while they are there.
+        model.labels_ = da.from_array(model.labels_.compute(), chunks=model.labels_.chunks)
+        return model
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("label_store", ["memory", "zarr"])
 def test_bitwise_identical_across_schedulers(data, label_store):
-    reference = _fit(data, label_store, "threads")
+    """synchronous, threads (1 and 2), processes, distributed (1 and 2 workers): one result."""
+    reference = _fit(data, label_store, "synchronous")
     assert reference.n_iter_ > 3  # a real run, not a one-step fixed point
-    _same(reference, _fit(data, label_store, "synchronous"))
+    _same(reference, _fit(data, label_store, "threads", num_workers=1))
+    _same(reference, _fit(data, label_store, "threads", num_workers=2))
     # One pool for the whole fit: the processes scheduler otherwise starts one per pass.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=context) as pool:
         _same(reference, _fit(data, label_store, "processes", pool=pool))
+    for n_workers in (1, 2):
+        _same(reference, _fit_on_cluster(data, label_store, n_workers))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_fits_sharing_one_client_at_once_equal_each_alone(data):
+    """Two fits (different k, seeds and label stores) from two threads on one Client."""
+    jobs = [
+        dict(n_clusters=7, init="random", n_init=2, random_state=3, label_store="memory"),
+        dict(n_clusters=4, init="k-means||", random_state=8, label_store="zarr", tol=0),
+    ]
+    X = da.from_array(data, chunks=(1_500, -1))
+    alone = [KMeans(**params).fit(X) for params in jobs]
+    blas_threads = _blas_threads()
+    assert blas_threads  # NumPy's BLAS is loaded
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster),
+        Client(cluster) as client,
+        ThreadPoolExecutor(2) as threads,
     ):
-        distributed = _fit(data, label_store)
-        labels = distributed.labels_.compute()  # while the workers still hold them
-        np.testing.assert_array_equal(labels, reference.labels_.compute())
-        assert np.array_equal(distributed.cluster_centers_, reference.cluster_centers_)
-        assert distributed.inertia_ == reference.inertia_
+        barrier = threading.Barrier(2)
+
+        def fit(params):
+            barrier.wait()  # start together
+            model = KMeans(**params).fit(X)
+            model.labels_ = da.from_array(model.labels_.compute(), chunks=model.labels_.chunks)
+            return model
+
+        together = list(threads.map(fit, jobs))
+        assert len(client.scheduler_info()["workers"]) == 2
+    for a, b in zip(together, alone, strict=True):
+        _same(a, b)
+    assert _blas_threads() == blas_threads  # the last fit to end restored the user's setting
+
+
+def _blas_threads():
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
 
 @pytest.mark.parametrize("label_store", ["memory", "zarr"])
