@@ -19,6 +19,7 @@ import zarr
 from distributed import Client, LocalCluster
 
 from dkmeans import ChunkReadError, KMeans, checkpoint, load
+from dkmeans.cli import main
 from dkmeans.datasets import make_blobs_zarr
 from tests.faults import FaultyStore, reads_logged
 
@@ -200,4 +201,37 @@ def test_process_killed_then_resumed(data, tmp_path, point):
         text=True,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_same(load(out), KMeans(**model).fit(data))
+
+
+def test_cli_storage_failure_is_one_line_then_resume_after_the_fix(
+    data, tmp_path, monkeypatch, capsys
+):
+    """Exit status 1 and the chunk named; the checkpoint kept, and --resume finishes the job."""
+    model = {**PARAMS, "n_clusters": 5}
+    out = tmp_path / "out.zarr"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        yaml.safe_dump({"input": {"path": data}, "output": {"path": str(out)}, "model": model})
+    )
+    read = zarr.Array.__getitem__
+    reads = []
+
+    def broken_disk(array, index):
+        if isinstance(index, tuple) and isinstance(index[0], slice) and index[0].start == 15_000:
+            reads.append(index)
+            if len(reads) >= 3:  # fine at first, then gone for good
+                raise OSError(5, "Input/output error")
+        return read(array, index)
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", broken_disk)
+    assert main(["fit", str(job), "--set", "model.retries=1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"could not read rows 15000-19999 (chunk {CHUNK} of 8)" in err and data in err
+    assert len(reads) == 2 + 2  # two good reads, then the failure and its one retry
+    assert checkpoint.status(out) == "checkpoint"
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", read)  # the disk is fixed
+    assert main(["fit", str(job), "--resume"]) == 0
     assert_same(load(out), KMeans(**model).fit(data))
