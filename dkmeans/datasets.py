@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import dask.array as da
 import numpy as np
@@ -75,12 +76,19 @@ def make_blobs_zarr(
         compressors=COMPRESSORS[compressor],
         overwrite=True,
     )
-    for start in range(0, n_samples, chunk_rows):
+
+    def write_block(start: int) -> None:
         rows = min(chunk_rows, n_samples - start)
         rng = np.random.default_rng([seed, start // chunk_rows])
         which = rng.integers(n_centers, size=rows)
         block = centers[which] + rng.normal(scale=cluster_std, size=(rows, n_features))
         array[start : start + rows] = block.astype(dtype)
+
+    # Blocks are independent (own seed, own chunks): draw and compress them on
+    # every core, holding one block per thread.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for _ in pool.map(write_block, range(0, n_samples, chunk_rows)):
+            pass
     array.attrs["centers"] = centers.tolist()
     return array
 

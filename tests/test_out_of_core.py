@@ -33,7 +33,7 @@ def test_zarr_larger_than_worker_memory_is_clustered_without_spilling(tmp_path):
     )
     data_bytes = N_SAMPLES * N_FEATURES * 4
     assert data_bytes > 4 * WORKERS * WORKER_MEMORY  # the point of the test
-    params = dict(n_clusters=8, init="random", n_init=1, random_state=4, max_iter=3, tol=0)
+    params = dict(n_clusters=8, init="random", n_init=1, random_state=4, max_iter=2, tol=0)
 
     with real_dask_cluster(tmp_path, n_workers=WORKERS, memory_limit=str(WORKER_MEMORY)) as client:
         workers_before = set(client.scheduler_info()["workers"])

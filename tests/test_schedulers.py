@@ -84,10 +84,12 @@ def test_bitwise_identical_across_schedulers(data, label_store):
 @pytest.mark.distributed
 def test_two_fits_sharing_one_client_at_once_equal_each_alone(data):
     """Two fits (different k, seeds and label stores) from two threads on one Client."""
+    common = dict(max_iter=15)  # a pass on a cluster has ~0.1 s of latency
     jobs = [
         dict(n_clusters=7, init="random", n_init=2, random_state=3, label_store="memory"),
         dict(n_clusters=4, init="k-means||", random_state=8, label_store="zarr", tol=0),
     ]
+    jobs = [common | params for params in jobs]
     X = da.from_array(data, chunks=(1_500, -1))
     alone = [KMeans(**params).fit(X) for params in jobs]
     blas_threads = _blas_threads()
