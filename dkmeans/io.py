@@ -19,6 +19,7 @@ import dask.array as da
 import numpy as np
 import zarr
 from dask.base import tokenize
+from dask.core import flatten
 
 from dkmeans import validation
 
@@ -185,14 +186,35 @@ def _blocks_of(array: np.ndarray, row_chunks: tuple[int, ...]) -> da.Array:
     ``da.from_array`` copies NumPy input (guarding against later mutation),
     which would double the memory of a large in-memory X; views do not.
     """
-    name = f"dkmeans-input-{uuid.uuid4().hex}"
     starts = np.concatenate([[0], np.cumsum(row_chunks)])
-    trailing = (0,) * (array.ndim - 1)
-    graph = {
-        (name, i, *trailing): array[starts[i] : starts[i + 1]] for i in range(len(row_chunks))
-    }
-    chunks = (tuple(row_chunks), *((size,) for size in array.shape[1:]))
-    return da.Array(graph, name, chunks, meta=array[:0])
+    return from_blocks([array[starts[i] : starts[i + 1]] for i in range(len(row_chunks))])
+
+
+def from_blocks(blocks: Sequence[np.ndarray], name: str = "dkmeans-input") -> da.Array:
+    """A dask array made of NumPy row blocks (no copy), the graph holding them as they are."""
+    name = f"{name}-{uuid.uuid4().hex}"
+    trailing = (0,) * (blocks[0].ndim - 1)
+    graph = {(name, i, *trailing): block for i, block in enumerate(blocks)}
+    chunks = (tuple(len(block) for block in blocks), *((size,) for size in blocks[0].shape[1:]))
+    return da.Array(graph, name, chunks, meta=blocks[0][:0])
+
+
+def in_memory_blocks(array: da.Array) -> list[np.ndarray] | None:
+    """The row blocks of ``array`` if its graph holds them as NumPy arrays, else None.
+
+    True of NumPy input (:func:`_blocks_of`) and of arrays persisted by a
+    local scheduler: their blocks can be used without running a graph.
+    """
+    if array.ndim == 2 and array.numblocks[1] != 1:
+        return None
+    graph = array.__dask_graph__()
+    blocks = []
+    for key in flatten(array.__dask_keys__()):
+        block = graph.get(key)
+        if not isinstance(block, np.ndarray):
+            return None
+        blocks.append(block)
+    return blocks
 
 
 def as_weights(sample_weight: Any, X: da.Array) -> da.Array | None:

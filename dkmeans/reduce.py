@@ -9,6 +9,7 @@ depends only on the chunking and ``split_every``, never on the scheduler.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -205,6 +206,27 @@ def reduce_blocks(
     )
 
 
+def reduce_in_process(
+    elements: Sequence[Any],
+    *,
+    combine: Callable[[list], Any],
+    split_every: int,
+    unwrap: Callable[[Any], Any] | None = None,
+) -> Any:
+    """:func:`reduce_blocks` computed here, on per-block results already in memory.
+
+    The same tree as :func:`dask.array.reduction` builds for
+    :func:`reduce_blocks` (``ceil(log(n, split_every))`` levels, each
+    combining consecutive groups of ``split_every``), the same ``combine``
+    and order, so the result is bitwise the same.
+    """
+    level = [(unwrap or _identity)(element) for element in elements]
+    depth = max(1, math.ceil(math.log(len(level), split_every)))  # as dask.array.reduction
+    for _ in range(depth - 1):
+        level = [combine(level[i : i + split_every]) for i in range(0, len(level), split_every)]
+    return combine(level)
+
+
 @dataclass
 class PerRun:
     """One result per run (restart) of a block or subtree, combined run by run.
@@ -263,6 +285,18 @@ def tree_reduce(block_results: da.Array, *, split_every: int, n_farthest: int) -
     return reduce_runs(
         block_results,
         combine=partial(combine, n_farthest=n_farthest),
+        split_every=split_every,
+        unwrap=_stats_of,
+    )
+
+
+def tree_reduce_in_process(
+    elements: Sequence[list[tuple]], *, split_every: int, n_farthest: int
+) -> PerRun:
+    """:func:`tree_reduce` computed here (see :func:`reduce_in_process`): bitwise the same."""
+    return reduce_in_process(
+        elements,
+        combine=partial(_combine_per_run, combine=partial(combine, n_farthest=n_farthest)),
         split_every=split_every,
         unwrap=_stats_of,
     )

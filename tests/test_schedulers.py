@@ -12,8 +12,9 @@ from distributed import Client, LocalCluster
 from sklearn.datasets import make_blobs
 from threadpoolctl import threadpool_info
 
-from dkmeans import KMeans
+from dkmeans import KMeans, scheduling
 from dkmeans.datasets import counting_dask_array
+from dkmeans.io import default_block_rows
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +128,46 @@ def test_each_iteration_reads_every_block_exactly_once(data, label_store):
     assert model.stop_reason_ == "max_iter"
     # max_iter passes, plus one assignment pass so labels match the final centers.
     assert source.reads == X.numblocks[0] * (model.n_iter_ + 1)
+
+
+@pytest.mark.parametrize("split_every", [2, 3, 8])
+@pytest.mark.parametrize("label_store", ["memory", "zarr"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_passes_run_in_process_equal_the_dask_graph(
+    data, label_store, weighted, split_every, monkeypatch
+):
+    """NumPy input under Dask's threaded or synchronous scheduler runs its passes here,
+    without a graph: bitwise the same as the graph of the same blocks."""
+    # float64 data: its sums round, so a different reduction tree would show.
+    data = data.astype(np.float64) * np.pi
+    n = len(data)
+    rows = default_block_rows(n, data[0].nbytes)  # NumPy input's blocks
+    weights = np.random.default_rng(5).uniform(0, 2, n) if weighted else None
+    params = dict(
+        n_clusters=7,
+        init="random",
+        n_init=2,
+        random_state=3,
+        tol=0,
+        max_iter=12,
+        split_every=split_every,
+        label_store=label_store,
+    )
+    # The same blocks behind a task (an identity copy): not in memory, so a graph per pass.
+    X = da.from_array(data, chunks=(rows, -1)).map_blocks(np.array)
+    w = None if weights is None else da.from_array(weights, chunks=rows).map_blocks(np.array)
+    in_process = []
+    original = scheduling.map_in_process
+    monkeypatch.setattr(
+        scheduling,
+        "map_in_process",
+        lambda *args: in_process.append(1) or original(*args),
+    )
+    graph = KMeans(**params).fit(X, sample_weight=w)
+    assert not in_process
+    for config in [{"scheduler": "threads"}, {"num_workers": 1}, {"scheduler": "sync"}]:
+        in_process.clear()
+        with dask.config.set(config):
+            model = KMeans(**params).fit(data, sample_weight=weights)
+        _same(model, graph)
+        assert len(in_process) == graph.n_iter_ + 1  # every pass, and the final assignment
