@@ -120,10 +120,16 @@ def _assign_block(
     objective = 0.0
     step = _tile_rows(n, k)
     best = np.empty(step, dtype=x.dtype)
+    # One buffer for every tile's dot products: a fresh 1 MiB array per tile
+    # costs page faults each time where malloc returns memory to the OS at
+    # once (Dask's workers set MALLOC_TRIM_THRESHOLD_), which doubled the
+    # kernel's time there.
+    dots_buffer = np.empty(k * step, dtype=x.dtype)
     for start in range(0, n, step):
         stop = min(start + step, n)
         tile = x[start:stop]
-        dots_t = np.matmul(centers, tile.T)  # (k, rows): BLAS on a cache-sized tile
+        dots_t = dots_buffer[: k * (stop - start)].reshape(k, stop - start)
+        np.matmul(centers, tile.T, out=dots_t)  # (k, rows): BLAS on a cache-sized tile
         tile_labels = _nearest(dots_t, centers_sq, labels[start:stop], best)
         objective += _accumulate(
             tile,
