@@ -162,8 +162,8 @@ class Candidates:
 
 
 def _oversample_task(
-    x_parts, table_parts, weights, *, candidates, keys, oversampling, check
-) -> np.ndarray:
+    x, block, row_offset, weights, *, candidates, keys, oversampling, check
+) -> PerRun:
     """One block of a k-means|| round for each run: its cost, and every row that might be sampled.
 
     Row i is sampled when ``u_i * cost < l * w_i * d_i^2`` with the *total*
@@ -171,8 +171,6 @@ def _oversample_task(
     the rows that pass with it (a superset, about ``l`` rows per block) and
     the client applies the exact rule once the total is known.
     """
-    (x,), (table,) = x_parts, table_parts
-    block, row_offset = (int(v) for v in table[0])
     if check:
         validation.check_finite_block(x, block, row_offset)
         if weights is not None:
@@ -185,24 +183,17 @@ def _oversample_task(
         draws = row_uniforms(key, row_offset, len(x))
         keep = np.flatnonzero(draws * cost < oversampling * wd)
         found.append(Candidates(cost, row_offset + keep, draws[keep], wd[keep], x[keep]))
-    return _per_run(found)
+    return PerRun(found)
 
 
-def _weigh_task(x_parts, table_parts, weights, *, candidates) -> np.ndarray:
+def _weigh_task(x, block, row_offset, weights, *, candidates) -> PerRun:
     """One block's weight nearest to each candidate, for each run."""
-    (x,), _ = x_parts, table_parts
     masses = []
     for run_candidates in candidates:
         labels, _ = kernel.assign(x, run_candidates)
         mass = np.bincount(labels, weights=weights, minlength=len(run_candidates))
         masses.append(mass.astype(np.float64))
-    return _per_run(masses)
-
-
-def _per_run(results: list) -> np.ndarray:
-    out = np.empty(1, dtype=object)
-    out[0] = PerRun(results)
-    return out
+    return PerRun(masses)
 
 
 def _reduce_runs(
@@ -235,16 +226,14 @@ def _first_centers(
     return [taken[[run]] for run in range(len(rngs))]
 
 
-def _race_task(x_parts, table_parts, weights, *, keys) -> np.ndarray:
-    (x,), (table,) = x_parts, table_parts
-    row_offset = int(table[0][1])
+def _race_task(x, block, row_offset, weights, *, keys) -> PerRun:
     winners = []
     for key in keys:
         with np.errstate(divide="ignore"):
             times = -np.log(row_uniforms(key, row_offset, len(x))) / weights
         i = int(np.argmin(times))
         winners.append(RaceWinner(float(times[i]), row_offset + i))
-    return _per_run(winners)
+    return PerRun(winners)
 
 
 @dataclass(order=True, frozen=True)

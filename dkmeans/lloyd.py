@@ -39,6 +39,7 @@ from functools import partial
 
 import dask.array as da
 import numpy as np
+from dask.layers import ArrayBlockIdDep, ArraySliceDep
 from threadpoolctl import threadpool_limits
 
 from dkmeans import io, kernel, progress, scheduling, validation
@@ -74,11 +75,18 @@ class LloydResult:
         return self.stop_reason != MAX_ITER
 
 
-def _block_table(row_chunks: tuple[int, ...]) -> da.Array:
-    """(block index, first row) per block, one block per row block of X."""
-    starts = np.concatenate([[0], np.cumsum(row_chunks)[:-1]])
-    table = np.stack([np.arange(len(row_chunks)), starts], axis=1).astype(np.int64)
-    return da.from_array(table, chunks=(1, 2))
+def _on_row_block(
+    x: np.ndarray,
+    block_id: tuple[int, int],
+    where: tuple[slice, slice],
+    *row_blocks: np.ndarray | None,
+    task: Callable,
+    **kwargs,
+) -> np.ndarray:
+    """Call ``task`` on one row block; its result as the single element of a (1, 1) array."""
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = task(x, int(block_id[0]), int(where[0].start), *row_blocks, **kwargs)
+    return out
 
 
 def map_row_blocks(
@@ -86,52 +94,57 @@ def map_row_blocks(
 ) -> da.Array:
     """Map ``func`` over the row blocks of X: one task per block, one object result each.
 
-    ``func(x_parts, table_parts, *row_blocks, **kwargs)`` gets X's block and
-    the block's (index, first row) as one-element lists (their column axis is
-    contracted without concatenation), then the matching block of each of
-    ``row_arrays`` (1-D, chunked like X's rows; None stays None). It returns a
-    1-element object array. The result is a 1-D object dask array with one
+    ``func(x, block, row_offset, *row_blocks, **kwargs)`` gets X's block, the
+    block's index and first row, then the matching block of each of
+    ``row_arrays`` (1-D, chunked like X's rows; None stays None), and returns
+    any object. The result is an (n_blocks, 1) object dask array with one
     element per block, ready for :func:`dkmeans.reduce.reduce_blocks`.
+
+    X's single column chunk is an axis of the output (not contracted), so
+    that Dask fuses the read of each block (a Zarr chunk, a dask task) into
+    the task that uses it: a block is read where it is used, never stored or
+    moved between workers on its own. The block's index and first row are
+    constants of its task, not tasks of their own.
     """
+    if X.numblocks[1] != 1:
+        raise ValueError("map_row_blocks needs X in one chunk along columns")
     row_args = []
     for array in row_arrays:
         row_args += [array, None if array is None else "i"]
     return da.blockwise(
-        func,
-        "i",
+        _on_row_block,
+        "ij",
         X,
         "ij",
-        _block_table(X.chunks[0]),
-        "ib",
+        ArrayBlockIdDep(X.chunks),  # the block's index ...
+        "ij",
+        ArraySliceDep(X.chunks),  # ... and its rows: constants in its task, not tasks
+        "ij",
         *row_args,
-        adjust_chunks={"i": 1},
+        adjust_chunks={"i": 1, "j": 1},
         align_arrays=False,  # aligned by block index: each input has one block per row block
-        concatenate=False,
         dtype=object,
-        meta=np.empty((0,), dtype=object),
+        meta=np.empty((0, 0), dtype=object),
+        task=func,
         **kwargs,
     )
 
 
 def _pass_task(
-    x_parts: list[np.ndarray],
-    table_parts: list[np.ndarray],
+    x: np.ndarray,
+    block: int,
+    row_offset: int,
     weights: np.ndarray | None,
     *prev_labels: np.ndarray | None,
     centers: list[np.ndarray],
     block_ios: list[ZarrBlockIO | None],
     label_dtype: np.dtype,
     first_pass: bool,
-) -> np.ndarray:
-    """One block of one pass for every run; a 1-element object array holding a
-    list of (stats, labels) pairs, one per run.
+) -> list[tuple[ChunkStats, np.ndarray | None]]:
+    """One block of one pass for every run: a (stats, labels) pair per run.
 
-    X and the block table come as one-element lists (their column axis is
-    contracted without concatenation: it is a single chunk). The block is
-    read once and assigned to each run's centers in turn.
+    The block is read once and assigned to each run's centers in turn.
     """
-    (x,), (table,) = x_parts, table_parts
-    block, row_offset = (int(v) for v in table[0])
     if first_pass:  # the data do not change: checking them once is enough
         validation.check_finite_block(x, block, row_offset)
         if weights is not None:
@@ -159,13 +172,11 @@ def _pass_task(
             block_io.write(block, labels)
             labels = None
         results.append((stats, labels))
-    out = np.empty(1, dtype=object)
-    out[0] = results
-    return out
+    return results
 
 
 def _labels_of(block: np.ndarray, run: int) -> np.ndarray:
-    return block[0][run][1]
+    return block.item()[run][1]
 
 
 def lloyd_pass(
@@ -243,6 +254,7 @@ def lloyd_pass(
             _labels_of,
             run=run,
             chunks=(X.chunks[0],),
+            drop_axis=1,
             dtype=store.dtype,
             meta=np.empty((0,), store.dtype),
         )
@@ -282,15 +294,16 @@ def _pass_in_process(
 
     def run_block(block: int) -> list[tuple]:
         return _pass_task(
-            [x_blocks[block]],
-            [np.array([[block, starts[block]]], dtype=np.int64)],  # as _block_table's
+            x_blocks[block],
+            block,
+            int(starts[block]),
             None if weight_blocks is None else weight_blocks[block],
             *(None if blocks is None else blocks[block] for blocks in prev_blocks),
             centers=centers,
             block_ios=block_ios,
             label_dtype=stores[0].dtype,
             first_pass=first_pass,
-        )[0]
+        )
 
     elements = scheduling.map_in_process(run_block, range(len(x_blocks)), threads)
     totals = tree_reduce_in_process(elements, split_every=split_every, n_farthest=len(centers[0]))

@@ -148,7 +148,7 @@ def combine(parts: Sequence[ChunkStats], n_farthest: int) -> ChunkStats:
 
 
 def _chunk(block: np.ndarray, axis=None, keepdims=None, *, unwrap: Callable) -> Any:
-    return unwrap(block[0])
+    return unwrap(block.item())
 
 
 def _merge(parts: list, axis=None, keepdims=None, *, combine: Callable) -> Any:
@@ -167,7 +167,7 @@ def reduce_blocks(
     unwrap: Callable[[np.ndarray], Any] | None = None,
     name: str = "dkmeans-reduce",
 ) -> da.Array:
-    """Tree-reduce a 1-D object array of per-block results with an associative ``combine``.
+    """Tree-reduce an object array of per-block results with an associative ``combine``.
 
     The tree has fan-in ``split_every`` and the same shape under every
     scheduler, so the result is bitwise reproducible for a fixed chunking.
@@ -175,7 +175,8 @@ def reduce_blocks(
     Parameters
     ----------
     block_results : dask.array.Array
-        Object array with one element per row block of X.
+        Object array of shape (n_blocks, 1), one element per row block of X
+        (as :func:`dkmeans.lloyd.map_row_blocks` returns it).
     combine : callable
         Takes a list of partial results, returns their combination.
     split_every : int
@@ -188,7 +189,7 @@ def reduce_blocks(
     Returns
     -------
     dask.array.Array
-        A 0-d object array whose single value is the combined result.
+        A one-element object array; computing it gives the combined result.
     """
     merge = partial(_merge, combine=combine)
     return da.reduction(
@@ -201,7 +202,7 @@ def reduce_blocks(
         concatenate=False,
         split_every=split_every,
         dtype=object,
-        meta=np.empty((), dtype=object),
+        meta=np.empty((0,), dtype=object),  # axis 1: the single column of block results
         name=name,
     )
 
@@ -252,8 +253,8 @@ def reduce_runs(
     """:func:`reduce_blocks` for blocks that hold a :class:`PerRun`, combining each run's own.
 
     Every run's results are combined in the same tree, so each run's total
-    is bitwise what it would be reduced alone. The result is a 0-d object
-    array holding a PerRun.
+    is bitwise what it would be reduced alone. Computing the result gives
+    a PerRun.
     """
     return reduce_blocks(
         block_results,
@@ -279,7 +280,7 @@ def tree_reduce(block_results: da.Array, *, split_every: int, n_farthest: int) -
     Returns
     -------
     dask.array.Array
-        A 0-d object array whose single value is a :class:`PerRun` of each
+        A one-element object array; computing it gives a :class:`PerRun` of each
         run's total ChunkStats.
     """
     return reduce_runs(

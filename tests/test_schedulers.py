@@ -8,13 +8,15 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import zarr
 from distributed import Client, LocalCluster
 from sklearn.datasets import make_blobs
 from threadpoolctl import threadpool_info
 
 from dkmeans import KMeans, scheduling
 from dkmeans.datasets import counting_dask_array
-from dkmeans.io import default_block_rows
+from dkmeans.io import as_dask_array, default_block_rows
+from dkmeans.lloyd import _pass_task, map_row_blocks
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,33 @@ def test_each_iteration_reads_every_block_exactly_once(data, label_store):
     assert model.stop_reason_ == "max_iter"
     # max_iter passes, plus one assignment pass so labels match the final centers.
     assert source.reads == X.numblocks[0] * (model.n_iter_ + 1)
+
+
+def test_a_block_is_read_in_the_task_that_uses_it(data, tmp_path):
+    """No task of a pass only reads X: each block's read is fused into its kernel task.
+
+    A separate read task would hold the block in a worker's memory until the
+    kernel ran, and could move it to another worker.
+    """
+    path = tmp_path / "x.zarr"
+    zarr.create_array(path, shape=data.shape, chunks=(2_500, 6), dtype=data.dtype)[:] = data
+    X = as_dask_array(str(path))
+    centers = [data[:7].copy()]
+    for prev in (None, da.zeros(len(data), dtype=np.int8, chunks=(X.chunks[0],))):
+        parts = map_row_blocks(
+            _pass_task,
+            X,
+            None,
+            prev,
+            centers=centers,
+            block_ios=[None],
+            label_dtype=np.int8,
+            first_pass=prev is None,
+        )
+        (optimized,) = dask.optimize(parts)
+        readers = [key for key in dict(optimized.__dask_graph__()) if key[0] == X.name]
+        assert not readers, f"{len(readers)} tasks only read X"
+        assert len(optimized.compute()) == X.numblocks[0]
 
 
 @pytest.mark.parametrize("split_every", [2, 3, 8])
