@@ -27,7 +27,7 @@ import numpy as np
 
 from dkmeans.reduce import ChunkStats, Farthest, Moments
 
-# Rows per tile: the tile's score matrix (k x rows) stays near 1 MiB, in cache.
+# Rows per tile: the tile's k x rows scores stay near 1 MiB, in cache.
 _TILE_ELEMENTS = 1 << 18
 
 
@@ -177,12 +177,13 @@ def _assign_block(
         stop = min(start + step, n)
         tile = x[start:stop]
         tile_labels = labels[start:stop]
-        if by_row:
-            dots = dots_buffer[: (stop - start) * k].reshape(stop - start, k)
-            np.matmul(tile, centers.T, out=dots)  # BLAS on a cache-sized tile
+        tile_dots = dots_buffer[: k * (stop - start)]
+        if by_row:  # BLAS on a cache-sized tile, in the orientation _scores_by_row picks
+            dots = tile_dots.reshape(stop - start, k)
+            np.matmul(tile, centers.T, out=dots)
             _nearest_by_row(dots, centers_sq, tile_labels)
         else:
-            dots_t = dots_buffer[: k * (stop - start)].reshape(k, stop - start)
+            dots_t = tile_dots.reshape(k, stop - start)
             np.matmul(centers, tile.T, out=dots_t)
             _nearest_by_column(dots_t, centers_sq, tile_labels, best)
         objective += _accumulate(
