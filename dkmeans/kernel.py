@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numpy.typing import DTypeLike
 
 from dkmeans.reduce import ChunkStats, Farthest, Moments
 
@@ -150,7 +151,10 @@ def column_moments(x: np.ndarray) -> Moments:
 
 
 def _assign_block(
-    x: np.ndarray, centers: np.ndarray, weights: np.ndarray | None
+    x: np.ndarray,
+    centers: np.ndarray,
+    weights: np.ndarray | None,
+    label_dtype: DTypeLike = np.int64,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """Labels, exact squared distances, sums, totals and objective of one block."""
     n, d = x.shape
@@ -160,7 +164,7 @@ def _assign_block(
     centers_sq = np.einsum("ij,ij->i", centers, centers)
     centers64 = centers.astype(np.float64)
     w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
-    labels = np.empty(n, dtype=np.int64)
+    labels = np.empty(n, dtype=label_dtype)
     sqdist = np.empty(n, dtype=np.float64)
     sums = np.zeros((k, d))
     totals = np.zeros(k)
@@ -242,6 +246,7 @@ def block_stats(
     row_offset: int = 0,
     n_farthest: int | None = None,
     with_moments: bool = False,
+    label_dtype: DTypeLike = np.int64,
 ) -> tuple[ChunkStats, np.ndarray]:
     """One block's share of a Lloyd pass: labels and partial statistics.
 
@@ -263,14 +268,23 @@ def block_stats(
         many as it has empty clusters, which bounds the clusters to re-seed.
     with_moments : bool
         Also return the column moments (used once, for ``tol``).
+    label_dtype : numpy integer dtype
+        Dtype of the returned labels; must hold ``k - 1``. The kernel writes
+        them in this dtype directly: a pass writes and compares a quarter or
+        less of the bytes of int64 labels (:func:`dkmeans.labels.label_dtype`).
 
     Returns
     -------
     stats : ChunkStats
-    labels : ndarray of shape (n,), int64
+    labels : ndarray of shape (n,), in ``label_dtype``
     """
     k = len(centers)
-    labels, sqdist, sums, cluster_weights, objective = _assign_block(x, centers, weights)
+    label_dtype = np.dtype(label_dtype)
+    if np.iinfo(label_dtype).max < k - 1:
+        raise ValueError(f"label_dtype {label_dtype} cannot hold labels up to {k - 1}")
+    labels, sqdist, sums, cluster_weights, objective = _assign_block(
+        x, centers, weights, label_dtype
+    )
     changed = len(x) if prev_labels is None else int(np.count_nonzero(labels != prev_labels))
     # A cluster empty over all of X is empty in every block, so the number of
     # clusters to re-seed is at most this block's count of empty clusters: a

@@ -162,12 +162,12 @@ def _pass_task(
             weights=weights,
             row_offset=row_offset,
             with_moments=first_pass and run == 0,  # the same for every run
+            label_dtype=label_dtype,
         )
         if not first_pass and not np.isfinite(stats.objective):
             # The block was finite in the first pass: this read returned other
             # data (storage fault). Name the block and row rather than go on.
             validation.check_finite_block(x, block, row_offset)
-        labels = labels.astype(label_dtype)
         if block_io is not None:
             block_io.write(block, labels)
             labels = None

@@ -38,16 +38,29 @@ def integer_blocks(draw, max_rows=120, max_features=5, max_k=9):
 
 
 @BOTH_LAYOUTS
-@given(integer_blocks(), st.integers(0, 10**6))
-def test_block_stats_equal_reference_exactly_on_integer_data(by_row, block, row_offset):
+@given(
+    integer_blocks(),
+    st.integers(0, 10**6),
+    st.sampled_from([np.int8, np.int16, np.int32, np.int64]).map(np.dtype),
+)
+def test_block_stats_equal_reference_exactly_on_integer_data(by_row, block, row_offset, dtype):
     X, centers, weights, prev = block
     k = len(centers)
+    if prev is not None:
+        prev = prev.astype(dtype)  # as the label stores keep them
     with scores_by_row(by_row):
         stats, labels = kernel.block_stats(
-            X, centers, prev_labels=prev, weights=weights, row_offset=row_offset, with_moments=True
+            X,
+            centers,
+            prev_labels=prev,
+            weights=weights,
+            row_offset=row_offset,
+            with_moments=True,
+            label_dtype=dtype,
         )
     ref_labels, ref_sqdist = reference.assign(X, centers)
     # Labels are argmins, ties to the lowest index: exact on integer data.
+    assert labels.dtype == dtype
     np.testing.assert_array_equal(labels, ref_labels)
     ref_sums, ref_weights = reference.cluster_sums(X, ref_labels, weights, k)
     np.testing.assert_array_equal(stats.sums, ref_sums)
@@ -159,6 +172,13 @@ def test_moments_merge_is_accurate_with_a_large_offset():
     for part in parts[1:]:
         total = total.merge(part)
     np.testing.assert_allclose(total.variance, X.var(axis=0), rtol=1e-6)
+
+
+def test_block_stats_rejects_a_label_dtype_too_small_for_k():
+    X = np.zeros((4, 2), dtype=np.float32)
+    centers = np.arange(400, dtype=np.float32).reshape(200, 2)
+    with pytest.raises(ValueError, match="label_dtype int8 cannot hold labels up to 199"):
+        kernel.block_stats(X, centers, label_dtype=np.dtype(np.int8))
 
 
 def test_farthest_select_skips_zero_weight_rows():
