@@ -31,6 +31,8 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from dkmeans import io
+
 # "auto" keeps labels in memory up to this many bytes.
 MEMORY_LIMIT_BYTES = 2**30
 
@@ -48,7 +50,10 @@ class MemoryLabelStore:
 
     Under the local schedulers the blocks are NumPy arrays in this process;
     under dask.distributed they stay on the workers that computed them, so
-    labels never travel through the client between passes.
+    labels never travel through the client between passes. A pass run in
+    this process (:func:`dkmeans.lloyd._pass_in_process`) leaves its labels
+    as a list of NumPy blocks, which the next such pass reads as they are;
+    they become a dask array only when one is asked for.
     """
 
     kind = "memory"
@@ -56,23 +61,35 @@ class MemoryLabelStore:
     def __init__(self, row_chunks: tuple[int, ...], dtype: np.dtype):
         self.row_chunks = tuple(row_chunks)
         self.dtype = np.dtype(dtype)
-        self._labels: da.Array | None = None
+        self._labels: da.Array | list[np.ndarray] | None = None
 
     @property
     def returns_labels(self) -> bool:
         return True
 
-    def pass_inputs(self, iteration: int) -> tuple[da.Array | None, None]:
-        """(previous labels as a dask array or None, block I/O for tasks or None)."""
+    def pass_inputs(self, iteration: int) -> tuple[da.Array | list[np.ndarray] | None, None]:
+        """(previous labels or None, block I/O for tasks or None).
+
+        The previous labels are a dask array, or the NumPy blocks that a pass
+        in this process left (:func:`as_dask_array` turns them into one).
+        """
         return self._labels, None
 
-    def finish_pass(self, iteration: int, labels: da.Array | None) -> None:
+    def finish_pass(self, iteration: int, labels: da.Array | list[np.ndarray] | None) -> None:
         self._labels = labels
 
     def labels(self) -> da.Array:
         if self._labels is None:
             raise RuntimeError("no labels written yet")
+        self._labels = as_dask_array(self._labels)
         return self._labels
+
+
+def as_dask_array(labels: da.Array | list[np.ndarray] | None) -> da.Array | None:
+    """Labels as a pass left them (a dask array or NumPy blocks) as a dask array."""
+    if isinstance(labels, list):
+        return io.from_blocks(labels, "dkmeans-labels")
+    return labels
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from dask.layers import ArrayBlockIdDep, ArraySliceDep
 from threadpoolctl import threadpool_limits
 
 from dkmeans import io, kernel, progress, scheduling, validation
-from dkmeans.labels import LabelStore, ZarrBlockIO
+from dkmeans.labels import LabelStore, ZarrBlockIO, as_dask_array
 from dkmeans.reduce import ChunkStats, tree_reduce, tree_reduce_in_process
 
 FIXED_POINT = "fixed point"
@@ -242,7 +242,7 @@ def lloyd_pass(
         _pass_task,
         X,
         weights,
-        *(prev for prev, _ in inputs),
+        *(as_dask_array(prev) for prev, _ in inputs),
         centers=centers,
         block_ios=[block_io for _, block_io in inputs],
         label_dtype=stores[0].dtype,
@@ -308,22 +308,26 @@ def _pass_in_process(
     elements = scheduling.map_in_process(run_block, range(len(x_blocks)), threads)
     totals = tree_reduce_in_process(elements, split_every=split_every, n_farthest=len(centers[0]))
     for run, store in enumerate(stores):
-        labels = None
-        if store.returns_labels:
-            labels = io.from_blocks([element[run][1] for element in elements], "dkmeans-labels")
+        labels = [element[run][1] for element in elements] if store.returns_labels else None
         store.finish_pass(iteration, labels)
     return totals.runs
 
 
 def _in_memory(
-    X: da.Array, weights: da.Array | None, previous_labels: list[da.Array | None]
+    X: da.Array,
+    weights: da.Array | None,
+    previous_labels: list[da.Array | list[np.ndarray] | None],
 ) -> tuple[list, list | None, list] | None:
     """The blocks of X, weights and each run's previous labels, if all are in memory.
 
     Then a pass can run here without a graph (see :mod:`dkmeans.scheduling`).
+    Previous labels may already be a list of NumPy blocks (left by such a pass).
     """
     inputs = [X, weights, *previous_labels]
-    blocks = [None if array is None else io.in_memory_blocks(array) for array in inputs]
+    blocks = [
+        array if array is None or isinstance(array, list) else io.in_memory_blocks(array)
+        for array in inputs
+    ]
     if any(got is None and array is not None for got, array in zip(blocks, inputs, strict=True)):
         return None
     return blocks[0], blocks[1], blocks[2:]

@@ -80,6 +80,12 @@ class Farthest:
 
     def merge(self, other: Farthest, m: int) -> Farthest:
         """The top ``m`` of both lists, in the same canonical order."""
+        # Usually both are empty (no cluster went empty): skip the sorting.
+        # Each list is already in canonical order and at most m long.
+        if len(other.sqdist) == 0 and len(self.sqdist) <= m:
+            return self
+        if len(self.sqdist) == 0 and len(other.sqdist) <= m:
+            return other
         sqdist = np.concatenate([self.sqdist, other.sqdist])
         rows = np.concatenate([self.rows, other.rows])
         keep = np.lexsort((rows, -sqdist))[:m]
