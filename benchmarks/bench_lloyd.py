@@ -31,6 +31,10 @@ import numpy as np
 import psutil
 
 SHORT, EXTRA = 2, 6  # iterations: marginal cost of EXTRA iterations beyond SHORT
+# In memory, fast shapes run more extra iterations (the same number for every
+# system, see extra_for); the benchmark's blobs reach a fixed point only after
+# 100+ iterations at the default shapes.
+MIN_EXTRA_SECONDS, MAX_EXTRA = 0.5, 60
 
 
 def peak_traced_mib(fit: Callable[[int], int]) -> float:
@@ -48,20 +52,36 @@ def peak_traced_mib(fit: Callable[[int], int]) -> float:
         tracemalloc.stop()
 
 
+def marginal_seconds(fit: Callable[[int], int], extra: int = EXTRA) -> float:
+    """Seconds per iteration of ``extra`` iterations beyond SHORT: one sample."""
+    start = time.perf_counter()
+    done_short = fit(SHORT)
+    short = time.perf_counter() - start
+    start = time.perf_counter()
+    done_long = fit(SHORT + extra)
+    long = time.perf_counter() - start
+    if (done_short, done_long) != (SHORT, SHORT + extra):
+        raise RuntimeError(f"a fit stopped early: {done_short}, {done_long} iterations")
+    return (long - short) / extra
+
+
 def per_iteration(fit: Callable[[int], int], repeats: int) -> float:
     """Median marginal seconds per iteration."""
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        done_short = fit(SHORT)
-        short = time.perf_counter() - start
-        start = time.perf_counter()
-        done_long = fit(SHORT + EXTRA)
-        long = time.perf_counter() - start
-        if (done_short, done_long) != (SHORT, SHORT + EXTRA):
-            raise RuntimeError(f"a fit stopped early: {done_short}, {done_long} iterations")
-        samples.append((long - short) / EXTRA)
-    return statistics.median(samples)
+    return statistics.median(marginal_seconds(fit) for _ in range(repeats))
+
+
+def extra_for(fit: Callable[[int], int]) -> int:
+    """Extra iterations that take about MIN_EXTRA_SECONDS with ``fit``, within [EXTRA, MAX_EXTRA].
+
+    At a few milliseconds per iteration, EXTRA iterations are shorter than the
+    machine's hiccups; more of them keep the difference of two fits well above
+    the noise. At most half the iterations ``fit`` runs before a fixed point,
+    so that no system (same start, other rounding) stops early.
+    """
+    seconds = marginal_seconds(fit)
+    room = fit(SHORT + MAX_EXTRA) - SHORT
+    wanted = np.ceil(MIN_EXTRA_SECONDS / max(seconds, 1e-9))
+    return int(max(EXTRA, min(MAX_EXTRA, room // 2, wanted)))
 
 
 def blobs(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -132,11 +152,18 @@ def in_memory(repeats: int, shapes) -> list[dict]:
         X, init = blobs(n, d, k)
         chunk_rows = default_block_rows(n, X[0].nbytes)  # dask-ml gets dkmeans' blocks
         fits = competitors(X, init, chunk_rows)
-        results = {}
+        peaks = {}
         for name, fit in fits.items():
             fit(1)  # warm-up: JIT compilation, imports, thread pools
-            peak = float("nan") if name == "faiss" else peak_traced_mib(fit)
-            results[name] = (per_iteration(fit, repeats), peak)
+            peaks[name] = float("nan") if name == "faiss" else peak_traced_mib(fit)
+        extra = extra_for(fits["dkmeans"])
+        # Round robin: each repeat times every system once, so that a slow
+        # spell of the machine hits all of them, not one.
+        samples = {name: [] for name in fits}
+        for _ in range(repeats):
+            for name, fit in fits.items():
+                samples[name].append(marginal_seconds(fit, extra))
+        results = {name: (statistics.median(samples[name]), peaks[name]) for name in fits}
         ours = results["dkmeans"][0]
         for name, (seconds, peak) in results.items():
             row = {
