@@ -9,8 +9,9 @@ Every competitor fits from the same initial centers with tol=0, in this same
 process, so the machine's noise hits all alike. Per-iteration time is the
 marginal cost of iterations: (T(max_iter=short+extra) - T(max_iter=short)) /
 extra, which removes each system's fixed costs (validation, copies, final
-assignment pass) from all of them the same way. Each figure is the median of
-``--repeats`` runs; ratios are dkmeans / other (below 1: dkmeans is faster).
+assignment pass) from all of them the same way, with the median of
+``--repeats`` short fits and of as many long ones (see ``marginal``); ratios
+are dkmeans / other (below 1: dkmeans is faster).
 Peak memory in memory: tracemalloc's peak over one extra, untimed fit (what
 NumPy allocates; faiss allocates in C++ and shows n/a). Out of core: the
 workers' peak resident memory, as their monitors report it.
@@ -52,8 +53,8 @@ def peak_traced_mib(fit: Callable[[int], int]) -> float:
         tracemalloc.stop()
 
 
-def marginal_seconds(fit: Callable[[int], int], extra: int = EXTRA) -> float:
-    """Seconds per iteration of ``extra`` iterations beyond SHORT: one sample."""
+def timed_fits(fit: Callable[[int], int], extra: int = EXTRA) -> tuple[float, float]:
+    """Seconds of one fit of SHORT iterations and one of SHORT + ``extra``."""
     start = time.perf_counter()
     done_short = fit(SHORT)
     short = time.perf_counter() - start
@@ -62,12 +63,24 @@ def marginal_seconds(fit: Callable[[int], int], extra: int = EXTRA) -> float:
     long = time.perf_counter() - start
     if (done_short, done_long) != (SHORT, SHORT + extra):
         raise RuntimeError(f"a fit stopped early: {done_short}, {done_long} iterations")
-    return (long - short) / extra
+    return short, long
+
+
+def marginal(samples: list[tuple[float, float]], extra: int = EXTRA) -> float:
+    """Seconds per iteration from (short, long) fit times: the medians' difference / extra.
+
+    Differencing the medians, not each pair: a hiccup in one short fit (a
+    system's fixed costs include copying X, hundreds of MiB of page faults)
+    would otherwise shrink that repeat's estimate by hiccup / extra, which
+    made single scikit-learn figures look a third faster than it runs.
+    """
+    shorts, longs = zip(*samples, strict=True)
+    return (statistics.median(longs) - statistics.median(shorts)) / extra
 
 
 def per_iteration(fit: Callable[[int], int], repeats: int) -> float:
-    """Median marginal seconds per iteration."""
-    return statistics.median(marginal_seconds(fit) for _ in range(repeats))
+    """Marginal seconds per iteration over ``repeats`` pairs of fits."""
+    return marginal([timed_fits(fit) for _ in range(repeats)])
 
 
 def extra_for(fit: Callable[[int], int]) -> int:
@@ -78,7 +91,7 @@ def extra_for(fit: Callable[[int], int]) -> int:
     the noise. At most half the iterations ``fit`` runs before a fixed point,
     so that no system (same start, other rounding) stops early.
     """
-    seconds = marginal_seconds(fit)
+    seconds = marginal([timed_fits(fit)])
     room = fit(SHORT + MAX_EXTRA) - SHORT
     wanted = np.ceil(MIN_EXTRA_SECONDS / max(seconds, 1e-9))
     return int(max(EXTRA, min(MAX_EXTRA, room // 2, wanted)))
@@ -162,8 +175,8 @@ def in_memory(repeats: int, shapes) -> list[dict]:
         samples = {name: [] for name in fits}
         for _ in range(repeats):
             for name, fit in fits.items():
-                samples[name].append(marginal_seconds(fit, extra))
-        results = {name: (statistics.median(samples[name]), peaks[name]) for name in fits}
+                samples[name].append(timed_fits(fit, extra))
+        results = {name: (marginal(samples[name], extra), peaks[name]) for name in fits}
         ours = results["dkmeans"][0]
         for name, (seconds, peak) in results.items():
             row = {
