@@ -92,9 +92,11 @@ def extra_for(fit: Callable[[int], int]) -> int:
     so that no system (same start, other rounding) stops early.
     """
     seconds = marginal([timed_fits(fit)])
-    room = fit(SHORT + MAX_EXTRA) - SHORT
-    wanted = np.ceil(MIN_EXTRA_SECONDS / max(seconds, 1e-9))
-    return int(max(EXTRA, min(MAX_EXTRA, room // 2, wanted)))
+    wanted = int(min(MAX_EXTRA, np.ceil(MIN_EXTRA_SECONDS / max(seconds, 1e-9))))
+    if wanted <= EXTRA:
+        return EXTRA
+    room = fit(SHORT + 2 * wanted) - SHORT  # iterations before a fixed point, up to 2 * wanted
+    return max(EXTRA, min(wanted, room // 2))
 
 
 def blobs(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
