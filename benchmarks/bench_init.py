@@ -25,7 +25,7 @@ import time
 import numpy as np
 import psutil
 
-from dkmeans.datasets import counting_dask_array
+from dkmeans.testing import counting_dask_array
 
 SEEDS = range(10)
 
@@ -78,7 +78,7 @@ def init_at_scale(path: str, n: int, k: int) -> None:
     import zarr
 
     from dkmeans.datasets import make_blobs_zarr
-    from dkmeans.init import initial_centers, spawn_generators
+    from dkmeans.seeding import initial_centers, spawn_generators
 
     d, chunk_rows = 32, 250_000
     if not os.path.exists(path) or zarr.open_array(path, mode="r").shape != (n, d):

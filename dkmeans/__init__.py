@@ -1,19 +1,53 @@
-"""dkmeans: exact k-means (Lloyd) for arrays larger than memory, on Dask."""
+"""dkmeans: exact k-means (Lloyd) for arrays larger than memory, on Dask.
+
+Where each part lives (a newcomer finds the algorithm in ``lloyd.py`` and
+``kernel.py``):
+
+- ``estimator``: :class:`KMeans`, the scikit-learn compatible front, and :func:`load`
+- ``lloyd``: the iteration loop, convergence, history; one pass per iteration
+- ``kernel``: per-block kernels, assignment and partial statistics (NumPy/numba, no Dask)
+- ``stats``: the per-block statistics and their associative combine (no Dask)
+- ``passes``: how every pass runs (task per block, fixed reduction tree, graph or
+  in-process, retries, one BLAS thread per task)
+- ``state``: per-row state kept between passes (labels, ...), in memory or Zarr
+- ``seeding``: initial centers (k-means||, k-means++, random, an array)
+- ``checkpoint``: the fit's workspace, checkpoints and resume
+- ``results``: the result-group format (save, load, describe)
+- ``inputs``: opening X and weights; ``validation``: the parameter table and data checks
+- ``errors``: every public exception and warning
+- ``jobs``, ``cli``: YAML job files and the ``dkmeans`` command; ``progress``: reports
+- ``datasets``, ``demo``: synthetic data and the demo; ``testing``: helpers for tests
+"""
 
 __version__ = "0.1.0"
 
-from dkmeans.checkpoint import CheckpointMismatchError
-from dkmeans.estimator import KMeans, NotFittedError, load
-from dkmeans.io import ChunkReadError, InputNotFoundError
-from dkmeans.lloyd import ObjectiveIncreaseWarning
+from dkmeans.errors import (
+    CheckpointMismatchError,
+    ChunkReadError,
+    InputNotFoundError,
+    JobError,
+    ObjectiveIncreaseWarning,
+    ParameterTypeError,
+)
+from dkmeans.estimator import KMeans, load
 
 __all__ = [
     "CheckpointMismatchError",
     "ChunkReadError",
     "InputNotFoundError",
+    "JobError",
     "KMeans",
     "NotFittedError",
     "ObjectiveIncreaseWarning",
+    "ParameterTypeError",
     "__version__",
     "load",
 ]
+
+
+def __getattr__(name: str):
+    if name == "NotFittedError":  # made on first use: see dkmeans.errors
+        from dkmeans import errors
+
+        return errors.NotFittedError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,16 +1,19 @@
-"""Checkpoints: a fit that writes its state to its result group every iteration.
+"""Where a fit keeps its state: label stores, and with a checkpoint, a resumable Zarr group.
 
-A fit given ``checkpoint=PATH`` (``KMeans.fit``; the CLI always does) keeps
-everything it needs to continue in the Zarr group at PATH, which becomes the
-result group when the fit ends::
+:func:`open_workspace` gives a fit what it works in. Without a checkpoint, a
+:class:`Workspace`: label stores chosen by ``label_store``, nothing saved.
+With ``checkpoint=PATH`` (``KMeans.fit``; the CLI always does), a
+:class:`Checkpoint`: everything needed to continue is kept in the Zarr group
+at PATH, which becomes the result group when the fit ends::
 
     PATH/                     attrs: params, input, fingerprint, versions
-      checkpoint/             while the fit runs
+      checkpoint/             while the fit runs; attrs["format"] = FORMAT
         run-0/, run-1/, ...   one per run (n_init):
           labels              (2, n_blocks, max_block_rows) label store, double-buffered
           centers             (2, k, d) centers, double-buffered like the labels
-        attrs["state"]        each run's n_iter, history, tol_abs, stop_reason, ...
-      centers, labels,        written when the fit ends (see io.write_result), then
+        attrs["state"]        {"n_iter", "history": of the run leading so far,
+                               "runs": one record per run (see _record)}
+      centers, labels,        written when the fit ends (dkmeans.results), then
       history/                attrs["dkmeans_complete"] = True, then checkpoint/ removed
 
 Why it is safe to kill at any moment: pass t reads label buffer t % 2 and
@@ -25,24 +28,20 @@ centers as a run never interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
-from dataclasses import asdict
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import zarr
 
-from dkmeans import io
-from dkmeans.labels import ZarrLabelStore, create_label_array
+from dkmeans import results, state
+from dkmeans.errors import CheckpointMismatchError
 from dkmeans.lloyd import LloydState
 
-CHECKPOINT = "checkpoint"
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint was made by a fit that cannot be continued by this one."""
+FORMAT = 1  # of the checkpoint/ member; a checkpoint of another format is refused
 
 
 def fingerprint(
@@ -88,137 +87,193 @@ def check_fingerprint(saved: dict, now: dict, path: str | os.PathLike) -> None:
         )
 
 
-def status(path: str | os.PathLike) -> str:
-    """What is at ``path``: "absent", "complete", "checkpoint" or "other".
+class Workspace:
+    """Where a fit without a checkpoint keeps its labels; nothing is saved.
 
-    "checkpoint" is an unfinished fit that can be continued; "other" is
-    anything else (not a Zarr group, or a group dkmeans did not write).
-    """
-    try:
-        group = zarr.open_group(store=os.fspath(path), mode="r")
-    except FileNotFoundError:
-        return "absent"
-    except Exception:
-        return "other"
-    if group.attrs.get(io.COMPLETE_ATTR, False):
-        return "complete"
-    if CHECKPOINT in group and "fingerprint" in group.attrs:
-        return "checkpoint"
-    return "other"
-
-
-class Checkpoint:
-    """The result group of a running fit, and its saved state.
-
-    Make one with :meth:`create` (a new fit) or :meth:`open` (continue).
-    ``label_stores`` holds one Zarr label store per run.
+    Attributes
+    ----------
+    stores : list of RowStore
+        Each run's label store.
+    states : list of LloydState or None
+        Saved runs to continue (a :class:`Checkpoint` only).
+    result : dkmeans.results.Result or None
+        A finished fit found at the checkpoint (resume only): nothing to run.
     """
 
-    def __init__(self, group: zarr.Group, label_stores: list[ZarrLabelStore]):
+    def __init__(self, stores: list[state.RowStore]):
+        self.stores = stores
+        self.states: list[LloydState] | None = None
+        self.result: results.Result | None = None
+
+    def save(self, states: list[LloydState]) -> None:
+        """Called after every pass (and once the initial centers are known)."""
+
+    def finish(self, run: int, fitted: results.Result) -> results.Result:
+        """``fitted`` with the chosen run's labels (a lazy dask array)."""
+        return dataclasses.replace(fitted, labels=self.stores[run].values())
+
+
+class Checkpoint(Workspace):
+    """The result group of a running fit, and its saved state: see the module docstring."""
+
+    def __init__(self, group: zarr.Group, stores: list[state.RowStore]):
+        super().__init__(stores)
         self.group = group
-        self.label_stores = label_stores
         self._centers_written: dict[int, int] = {}  # run -> n_iter of its latest centers write
 
     @classmethod
-    def create(
-        cls,
-        path: str | os.PathLike,
-        X: da.Array,
-        *,
-        n_clusters: int,
-        n_runs: int,
-        label_dtype: np.dtype,
-        fingerprint: dict[str, Any],
-        attrs: dict[str, Any],
-    ) -> Checkpoint:
+    def create(cls, path, X: da.Array, *, n_clusters, n_runs, labels_dtype, attrs) -> Checkpoint:
         """Start a new result group at ``path``, replacing whatever is there."""
         group = zarr.open_group(store=os.fspath(path), mode="w")
-        group.attrs.update(io.jsonable({**attrs, "fingerprint": fingerprint}))
-        state_group = group.create_group(CHECKPOINT)
+        group.attrs.update(results.jsonable(attrs))
+        state_group = group.create_group(results.UNFINISHED)
+        state_group.attrs["format"] = FORMAT
         stores = []
         for run in range(n_runs):
             run_group = state_group.create_group(_run_name(run))
-            labels = create_label_array(run_group, X.chunks[0], label_dtype)
+            labels = state.create_array(run_group, X.chunks[0], labels_dtype)
             run_group.create_array(
                 "centers",
                 shape=(2, n_clusters, X.shape[1]),
                 chunks=(1, n_clusters, X.shape[1]),
                 dtype=X.dtype,
             )
-            stores.append(ZarrLabelStore(X.chunks[0], label_dtype, array=labels))
+            stores.append(state.ZarrStore(X.chunks[0], labels_dtype, array=labels))
         return cls(group, stores)
 
     @classmethod
-    def open(
-        cls,
-        path: str | os.PathLike,
-        X: da.Array,
-        *,
-        label_dtype: np.dtype,
-        fingerprint: dict[str, Any],
-    ) -> tuple[Checkpoint, list[LloydState] | None]:
-        """Open an unfinished fit's group to continue it.
-
-        Returns the checkpoint and each run's saved state (None if the fit
-        was killed before its initial centers were saved: start it again).
+    def open(cls, path, X: da.Array, *, labels_dtype, fingerprint: dict) -> Checkpoint:
+        """Open an unfinished fit's group to continue it (``states`` None: start it again).
 
         Raises
         ------
         CheckpointMismatchError
             If the saved fit differs from this one in anything that changes
             its result (data shape, dtype or chunking, weights, k, n_init,
-            tol, split_every).
+            tol, split_every), or was saved in another format.
         """
         group = zarr.open_group(store=os.fspath(path), mode="r+")
         check_fingerprint(group.attrs.get("fingerprint", {}), fingerprint, path)
-        state_group = group[CHECKPOINT]
-        run_groups = [state_group[_run_name(run)] for run in range(fingerprint["n_init"])]
-        stores = [
-            ZarrLabelStore(X.chunks[0], label_dtype, array=run_group["labels"])
-            for run_group in run_groups
-        ]
-        checkpoint = cls(group, stores)
+        state_group = group[results.UNFINISHED]
+        if state_group.attrs.get("format") != FORMAT:
+            raise CheckpointMismatchError(
+                f"cannot continue the fit saved at {os.fspath(path)!r}: its checkpoint format "
+                f"is {state_group.attrs.get('format')!r}, this dkmeans reads format {FORMAT}"
+            )
+        runs = [state_group[_run_name(run)] for run in range(fingerprint["n_init"])]
         saved = state_group.attrs.get("state")
-        if saved is None:
-            return checkpoint, None
-        states = []
-        for run_group, store, record in zip(run_groups, stores, saved["runs"], strict=True):
-            state = LloydState(centers=run_group["centers"][record["n_iter"] % 2], **record)
-            store.restore(state.label_passes)
-            states.append(state)
-        checkpoint._centers_written = {run: state.n_iter for run, state in enumerate(states)}
-        return checkpoint, states
+        records = [None] * len(runs) if saved is None else saved["runs"]
+        stores, states = [], []
+        for run_group, record in zip(runs, records, strict=True):
+            run_state = None if record is None else _state(record, run_group["centers"])
+            passes = 0 if run_state is None else run_state.label_passes
+            labels = run_group["labels"]
+            stores.append(state.ZarrStore(X.chunks[0], labels_dtype, array=labels, passes=passes))
+            states.append(run_state)
+        checkpoint = cls(group, stores)
+        if saved is not None:
+            checkpoint.states = states
+            checkpoint._centers_written = {run: s.n_iter for run, s in enumerate(states)}
+        return checkpoint
 
     def save(self, states: list[LloydState]) -> None:
         """Save every run's state after a pass (or the initial centers)."""
-        state_group = self.group[CHECKPOINT]
-        records = []
-        for run, state in enumerate(states):
+        state_group = self.group[results.UNFINISHED]
+        for run, run_state in enumerate(states):
             # A run that has stopped keeps its centers: no rewrite of the buffer in use.
-            if self._centers_written.get(run) != state.n_iter:
-                state_group[_run_name(run)]["centers"][state.n_iter % 2] = state.centers
-                self._centers_written[run] = state.n_iter
-            record = asdict(state)
-            del record["centers"]
-            records.append(record)
+            if self._centers_written.get(run) != run_state.n_iter:
+                centers = state_group[_run_name(run)]["centers"]
+                centers[run_state.n_iter % 2] = run_state.centers
+                self._centers_written[run] = run_state.n_iter
         # What `dkmeans info` shows of an unfinished fit: the run lowest so far.
-        leader = min(states, key=lambda state: state.last_objective)
-        summary = {"n_iter": max(state.n_iter for state in states), "history": leader.history}
-        # The commit point: one write of one small document.
-        state_group.attrs["state"] = io.jsonable({**summary, "runs": records})
+        leader = min(states, key=lambda s: s.last_objective)
+        document = {
+            "n_iter": max(s.n_iter for s in states),
+            "history": leader.history,
+            "runs": [_record(s) for s in states],
+        }
+        state_group.attrs["state"] = results.jsonable(document)  # the commit point
 
-    def finish(
-        self, *, run: int, centers: np.ndarray, history: list[dict], attrs: dict[str, Any]
-    ) -> None:
-        """Write the result of the chosen run, mark it complete, drop the state."""
-        io.write_result(
-            self.group,
-            centers=centers,
-            labels=self.label_stores[run].labels(),
-            history=history,
-            attrs=attrs,
-        )
-        del self.group[CHECKPOINT]
+    def finish(self, run: int, fitted: results.Result) -> results.Result:
+        """Write the chosen run's result, mark it complete, drop the state; read it back."""
+        results.write_result(self.group, super().finish(run, fitted))
+        del self.group[results.UNFINISHED]
+        return results.read_result(self.group)
+
+
+def open_workspace(
+    checkpoint: str | os.PathLike | None,
+    *,
+    resume: bool,
+    X: da.Array,
+    weighted: bool,
+    n_clusters: int,
+    n_runs: int,
+    params: dict[str, Any],
+    attrs: dict[str, Any],
+) -> Workspace:
+    """What a fit works in: a new or continued checkpoint, a finished result, or plain stores.
+
+    With ``resume``, an unfinished fit at ``checkpoint`` is continued and a
+    finished one is read back (``workspace.result``), after checking that it
+    is the same fit (:func:`fingerprint`); otherwise (or if there is nothing
+    there) a new checkpoint replaces whatever is at ``checkpoint``. Without
+    a checkpoint, the label stores are the ``label_store`` parameter's.
+    """
+    labels_dtype = state.label_dtype(n_clusters)
+    if checkpoint is None:
+        stores = state.make_stores(params["label_store"], X.chunks[0], labels_dtype, n_runs)
+        return Workspace(stores)
+    expected = fingerprint(
+        X,
+        weighted=weighted,
+        n_clusters=n_clusters,
+        n_init=n_runs,
+        split_every=params["split_every"],
+        tol=params["tol"],
+    )
+    found = results.status(checkpoint) if resume else "absent"
+    if found == "complete":
+        workspace = Workspace([])
+        workspace.result = results.read_result(checkpoint)
+        check_fingerprint(workspace.result.attrs.get("fingerprint", {}), expected, checkpoint)
+        return workspace
+    if found == "checkpoint":
+        return Checkpoint.open(checkpoint, X, labels_dtype=labels_dtype, fingerprint=expected)
+    return Checkpoint.create(
+        checkpoint,
+        X,
+        n_clusters=n_clusters,
+        n_runs=n_runs,
+        labels_dtype=labels_dtype,
+        attrs={**attrs, "fingerprint": expected},
+    )
+
+
+# The saved record of a run: explicit keys (the on-disk format), not field names.
+def _record(run_state: LloydState) -> dict[str, Any]:
+    return {
+        "n_iter": run_state.n_iter,
+        "history": run_state.history,
+        "tol_abs": run_state.tol_abs,
+        "stop_reason": run_state.stop_reason,
+        "exact_final": run_state.exact_final,
+        "inertia": run_state.inertia,
+        "final_pass": run_state.final_pass,
+    }
+
+
+def _state(record: dict[str, Any], centers: zarr.Array) -> LloydState:
+    return LloydState(
+        centers=np.asarray(centers[record["n_iter"] % 2]),
+        n_iter=record["n_iter"],
+        history=record["history"],
+        tol_abs=record["tol_abs"],
+        stop_reason=record["stop_reason"],
+        exact_final=record["exact_final"],
+        inertia=record["inertia"],
+        final_pass=record["final_pass"],
+    )
 
 
 def _run_name(run: int) -> str:

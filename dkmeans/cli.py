@@ -25,17 +25,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import dask.array as da
-import zarr
 
-from dkmeans import checkpoint, io, jobs, progress
+from dkmeans import inputs, jobs, progress, results
 from dkmeans.datasets import COMPRESSORS, make_blobs_zarr
+from dkmeans.errors import ChunkReadError, JobError
 from dkmeans.estimator import KMeans, load
 
 logger = logging.getLogger("dkmeans")
 
 # Errors that mean "the input is wrong": a one-line message and exit status 2.
 # (A chunk that cannot be read is a one-line message and exit status 1.)
-USER_ERRORS = (jobs.JobError, ValueError, TypeError, FileNotFoundError)
+USER_ERRORS = (JobError, ValueError, TypeError, FileNotFoundError)
 
 
 def _positive_int(text: str) -> int:
@@ -133,30 +133,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_fit(args: argparse.Namespace) -> int:
     job = jobs.load_job(args.job, _overrides(args), resume=args.resume)
     output = job["output.path"]
-    found = checkpoint.status(output)
+    found = results.status(output)
     if args.resume and found == "complete":
         logger.info("%s already holds the complete result of this job; nothing to do", output)
     elif args.resume and found == "checkpoint":
         logger.info("continuing the unfinished fit saved at %s", output)
-    model = KMeans(
-        job["model.n_clusters"],
-        init=jobs.init_value(job),
-        n_init=job["model.n_init"],
-        max_iter=job["model.max_iter"],
-        tol=job["model.tol"],
-        random_state=job["model.random_state"],
-        split_every=job["model.split_every"],
-        init_sample_size=job["model.init_sample_size"],
-        retries=job["model.retries"],
-        verbose=True,
-    )
+    model = KMeans(**{**job.section("model"), "init": jobs.init_value(job)}, verbose=True)
     weights = job["input.sample_weight"]
     show_bars = sys.stderr.isatty() if args.progress is None else args.progress
     start = time.perf_counter()
     try:
         with jobs.scheduler(job.section("dask")), progress.pass_bars(show_bars):
             if weights is not None:
-                weights = da.from_zarr(io.open_zarr_array(weights, "input.sample_weight"))
+                weights = da.from_zarr(inputs.open_zarr_array(weights, "input.sample_weight"))
             model.fit(
                 job["input.path"],
                 sample_weight=weights,
@@ -168,9 +157,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         # resume from, so leave nothing behind. A fault (an I/O error) keeps
         # its checkpoint for --resume.
         if found == "absent":
-            io.remove(output)
+            results.remove(output)
         raise
-    except io.ChunkReadError:
+    except ChunkReadError:
         logger.info("the fit so far is saved at %s: continue it with --resume", output)
         raise
     logger.info(
@@ -211,34 +200,18 @@ def cmd_make_blobs(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     cfg = jobs.dask_defaults(scheduler=args.scheduler)
     model = load(args.model)
-    io.open_zarr_array(args.input, "INPUT")  # a clear error before anything is written
-    if checkpoint.status(args.output) != "absent" and not args.overwrite:
-        raise jobs.JobError(f"OUTPUT {args.output!r} exists; give --overwrite to replace it")
+    inputs.open_zarr_array(args.input, "INPUT")  # a clear error before anything is written
+    if results.status(args.output) != "absent" and not args.overwrite:
+        raise JobError(f"OUTPUT {args.output!r} exists; give --overwrite to replace it")
     with jobs.scheduler(cfg):
         labels = model.predict(args.input)
-        # A group-less array: written whole, then marked complete (last).
-        root = zarr.open_group(store=args.output, mode="w")
-        io.write_labels(root, "labels", labels)
-        root.attrs.update({"model": args.model, "input": args.input, io.COMPLETE_ATTR: True})
+        results.write_labels_group(args.output, labels, {"model": args.model, "input": args.input})
     logger.info("wrote %s/labels: %d labels", args.output, labels.shape[0])
     return 0
 
 
-def describe(path: str) -> dict[str, Any]:
-    """What ``dkmeans info`` shows: a result group, or the saved state of an unfinished fit."""
-    found = checkpoint.status(path)
-    if found == "complete":
-        result = io.read_result(path)
-        return {"status": "complete", **result["attrs"], "history": result["history"]}
-    if found == "checkpoint":
-        group = zarr.open_group(store=path, mode="r")
-        state = group[checkpoint.CHECKPOINT].attrs.get("state", {"n_iter": 0, "history": []})
-        return {"status": "unfinished", **dict(group.attrs), **state}
-    raise jobs.JobError(f"GROUP {path!r}: not a dkmeans result group ({found})")
-
-
 def cmd_info(args: argparse.Namespace) -> int:
-    info = describe(args.group)
+    info = results.describe(args.group)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -300,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # e.g. `dkmeans info GROUP | head`: the reader left
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        except (*USER_ERRORS, io.ChunkReadError) as err:
+        except (*USER_ERRORS, ChunkReadError) as err:
             if args.verbose:
                 logger.exception("failed")
             message = " ".join(str(err).split())  # one line
             print(f"dkmeans {args.command}: error: {message}", file=sys.stderr)
             # 2: the input is wrong; 1: the storage failed (a checkpoint is kept).
-            return 1 if isinstance(err, io.ChunkReadError) else 2
+            return 1 if isinstance(err, ChunkReadError) else 2
 
 
 if __name__ == "__main__":

@@ -1,25 +1,24 @@
-"""KMeans: the scikit-learn compatible front of the engine."""
+"""KMeans: the scikit-learn compatible front of the engine.
+
+``fit`` reads straight through: check the parameters and the data, open the
+workspace (a new or continued checkpoint, or plain label stores), seed,
+run Lloyd, keep the best run. The algorithm is in :mod:`dkmeans.lloyd` and
+:mod:`dkmeans.kernel`; the result-group format in :mod:`dkmeans.results`.
+"""
 
 from __future__ import annotations
 
 import inspect
 import os
-import warnings
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import zarr
 
-from dkmeans import io, kernel, lloyd, progress, validation
-from dkmeans.checkpoint import Checkpoint, check_fingerprint, fingerprint
-from dkmeans.checkpoint import status as checkpoint_status
-from dkmeans.init import check_random_state, initial_centers, spawn_generators
-from dkmeans.labels import label_dtype, make_label_stores
-
-
-class NotFittedError(ValueError, AttributeError):
-    """The estimator is used before ``fit`` (scikit-learn's convention)."""
+from dkmeans import errors, inputs, kernel, lloyd, passes, progress, results, seeding, validation
+from dkmeans.checkpoint import open_workspace
+from dkmeans.passes import Block
 
 
 def _is_lazy(X: Any) -> bool:
@@ -191,43 +190,12 @@ class KMeans:
 
     def _check_fitted(self) -> None:
         if not self.__sklearn_is_fitted__():
-            raise NotFittedError(
+            raise errors.NotFittedError(
                 f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
                 "appropriate arguments before using this estimator."
             )
 
     # -- fitting ---------------------------------------------------------------
-
-    def _checked_params(self) -> dict[str, Any]:
-        """The parameters that can be checked without data, validated."""
-        if self.init_sample_size is not None:
-            validation.check_positive_int(self.init_sample_size, "init_sample_size")
-        return {
-            "max_iter": validation.check_positive_int(self.max_iter, "max_iter"),
-            "split_every": validation.check_positive_int(
-                self.split_every, "split_every", minimum=2
-            ),
-            "tol": validation.check_tol(self.tol),
-            "rng": check_random_state(self.random_state),
-            "n_init": self._n_runs(),
-            "retries": validation.check_positive_int(self.retries, "retries", minimum=0),
-        }
-
-    def _n_runs(self) -> int:
-        """``n_init`` resolved: "auto" by scikit-learn's rule, one run for an array init."""
-        explicit = not isinstance(self.init, str)
-        if self.n_init == "auto":
-            return 10 if (not explicit and self.init == "random") else 1
-        n_init = validation.check_positive_int(self.n_init, "n_init")
-        if explicit and n_init != 1:
-            warnings.warn(
-                f"Explicit initial center position passed: performing only one init in "
-                f"{type(self).__name__} instead of n_init={n_init}.",
-                RuntimeWarning,
-                stacklevel=4,  # the caller of fit
-            )
-            return 1
-        return n_init
 
     def fit(
         self,
@@ -262,97 +230,53 @@ class KMeans:
         -------
         self
         """
-        params = self._checked_params()
-        n_runs = params["n_init"]
-        source = X
-        X = io.as_dask_array(X)
-        n_samples, n_features = X.shape
-        k = validation.check_n_clusters(self.n_clusters, n_samples)
-        weights = io.as_weights(sample_weight, X)
-        ckpt, states = None, None
-        if checkpoint is None:
-            stores = make_label_stores(self.label_store, X.chunks[0], k, n_runs)
-        else:
-            expected = fingerprint(
-                X,
-                weighted=weights is not None,
-                n_clusters=k,
-                n_init=n_runs,
-                split_every=params["split_every"],
-                tol=params["tol"],
-            )
-            found = checkpoint_status(checkpoint) if resume else "absent"
-            if found == "complete":
-                result = io.read_result(checkpoint)
-                check_fingerprint(result["attrs"].get("fingerprint", {}), expected, checkpoint)
-                return self._set_result(result)
-            if found == "checkpoint":
-                ckpt, states = Checkpoint.open(
-                    checkpoint, X, label_dtype=label_dtype(k), fingerprint=expected
-                )
-            else:
-                ckpt = Checkpoint.create(
-                    checkpoint,
-                    X,
-                    n_clusters=k,
-                    n_runs=n_runs,
-                    label_dtype=label_dtype(k),
-                    fingerprint=expected,
-                    attrs=self._describe(source, X),
-                )
-            stores = ckpt.label_stores
-        reporter = progress.IterationReporter() if self.verbose else None
+        params = validation.check_params(self.get_params())
+        n_runs = validation.n_runs(params["n_init"], params["init"])
+        data = inputs.as_dask_array(X)
+        weights = inputs.as_weights(sample_weight, data)
+        k = validation.check_n_clusters(params["n_clusters"], data.shape[0])
+        workspace = open_workspace(
+            checkpoint,
+            resume=resume,
+            X=data,
+            weighted=weights is not None,
+            n_clusters=k,
+            n_runs=n_runs,
+            params=params,
+            attrs=self._describe(inputs.describe_input(X, data)),
+        )
+        if workspace.result is not None:  # resumed a fit that had finished
+            return self._set_result(workspace.result)
         centers = None
-        if states is None:
-            centers = initial_centers(
-                X,
+        if workspace.states is None:  # a new fit (else: continued from the checkpoint)
+            centers = seeding.initial_centers(
+                data,
                 k,
-                self.init,
-                rngs=spawn_generators(params["rng"], n_runs),
+                params["init"],
+                rngs=seeding.spawn_generators(seeding.generator(params["random_state"]), n_runs),
                 weights=weights,
-                sample_size=self.init_sample_size,
+                sample_size=params["init_sample_size"],
                 split_every=params["split_every"],
                 retries=params["retries"],
             )
-        results = lloyd.lloyd_runs(
-            X,
+        reporter = progress.IterationReporter(n_runs) if params["verbose"] else None
+        runs = lloyd.lloyd_runs(
+            data,
             centers,
-            stores=stores,
+            stores=workspace.stores,
+            states=workspace.states,
             weights=weights,
             max_iter=params["max_iter"],
             tol=params["tol"],
             split_every=params["split_every"],
-            on_iteration=None if reporter is None else _reporting(reporter, n_runs),
-            states=states,
-            on_pass=None if ckpt is None else ckpt.save,
             retries=params["retries"],
+            on_pass=workspace.save,
+            on_iteration=reporter,
         )
-        # The lowest final objective wins; a tie goes to the first run.
-        best = min(range(n_runs), key=lambda run: results[run].inertia)
-        result = results[best]
-        self.cluster_centers_ = result.centers
-        self.inertia_ = result.inertia
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.stop_reason_ = result.stop_reason
-        self.history_ = result.history
-        self.n_features_in_ = n_features
-        if ckpt is None:
-            self.labels_ = stores[best].labels().astype(np.int32)
-        else:
-            ckpt.finish(
-                run=best,
-                centers=result.centers,
-                history=result.history,
-                attrs=self._fitted_attrs(n_samples),
-            )
-            self.labels_ = da.from_zarr(ckpt.group["labels"]).astype(np.int32)
+        best = min(range(n_runs), key=lambda run: runs[run].inertia)  # ties: the first run
+        self._set_result(workspace.finish(best, self._result(runs[best], data.shape[1])))
         if reporter is not None:
-            chosen = f" (run {best} of {n_runs})" if n_runs > 1 else ""
-            reporter.finish(
-                f"stopped: {result.stop_reason} after {result.n_iter} iterations, "
-                f"inertia {result.inertia:.6g}{chosen}"
-            )
+            reporter.finish(best, runs[best])
         return self
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -368,7 +292,7 @@ class KMeans:
 
     def _prepare(self, X) -> da.Array:
         self._check_fitted()
-        arr = io.as_dask_array(X)
+        arr = inputs.as_dask_array(X)
         validation.check_features(arr.shape[1], self.n_features_in_, type(self).__name__)
         return arr
 
@@ -412,18 +336,17 @@ class KMeans:
         return dist if _is_lazy(X) else dist.compute()
 
     def score(self, X, y=None, sample_weight=None) -> float:
-        """Opposite of the k-means objective of X with the fitted centers."""
+        """Opposite of the k-means objective of X with the fitted centers (one pass over X)."""
         arr = self._prepare(X)
-        weights = io.as_weights(sample_weight, arr)
-        sqdist = arr.map_blocks(
-            _sqdist_block,
+        objective = passes.map_reduce(
+            _objective_block,
+            [arr, inputs.as_weights(sample_weight, arr)],
+            combine=sum,
+            split_every=self.split_every,
+            retries=self.retries,
             centers=self._centers_for(arr),
-            drop_axis=1,
-            dtype=np.float64,
-            meta=np.empty((0,), np.float64),
         )
-        objective = sqdist.sum() if weights is None else da.dot(weights, sqdist)
-        return -float(objective.compute())
+        return -float(objective)
 
     # -- persistence -----------------------------------------------------------
 
@@ -432,70 +355,74 @@ class KMeans:
 
         The group gets ``attrs["dkmeans_complete"] = True`` last, so a write
         that fails part-way never looks complete. Load it with
-        :func:`dkmeans.load`.
+        :func:`dkmeans.load`. The format: :mod:`dkmeans.results`.
         """
         self._check_fitted()
-        io.write_result(
-            path,
+        fitted = results.Result(
             centers=self.cluster_centers_,
             labels=self.labels_,
             history=self.history_,
-            attrs={**self._describe(None, None), **self._fitted_attrs(self.labels_.shape[0])},
+            inertia=self.inertia_,
+            n_iter=self.n_iter_,
+            converged=self.converged_,
+            stop_reason=self.stop_reason_,
+            n_features_in=self.n_features_in_,
+            params=self._jsonable_params(),
+            attrs={"versions": results.versions()},
         )
+        results.write_result(path, fitted)
 
-    def _describe(self, source, X: da.Array | None) -> dict[str, Any]:
-        """Parameters, input and versions: what a result group says about its fit."""
-        params = {
+    def _jsonable_params(self) -> dict[str, Any]:
+        """The parameters as a result group records them (a Generator seed is not kept)."""
+        return {
             name: (value.tolist() if isinstance(value, np.ndarray) else value)
             for name, value in self.get_params().items()
             if name != "random_state"
             or not isinstance(value, np.random.Generator | np.random.RandomState)
         }
-        described = {"params": params, "versions": io.versions()}
-        if X is not None:
-            described["input"] = io.describe_input(source, X)
-        return described
 
-    def _fitted_attrs(self, n_samples: int) -> dict[str, Any]:
+    def _describe(self, input_description: dict[str, Any]) -> dict[str, Any]:
+        """Parameters, input and versions: what a result group says about its fit."""
         return {
-            "inertia": self.inertia_,
-            "n_iter": self.n_iter_,
-            "converged": self.converged_,
-            "stop_reason": self.stop_reason_,
-            "n_features_in": self.n_features_in_,
-            "n_samples": int(n_samples),
+            "params": self._jsonable_params(),
+            "versions": results.versions(),
+            "input": input_description,
         }
 
-    def _set_result(self, result: dict[str, Any]) -> KMeans:
-        """Take the fitted attributes from a result group read by ``io.read_result``."""
-        attrs = result["attrs"]
-        self.cluster_centers_ = result["centers"]
-        self.labels_ = result["labels"].astype(np.int32)
-        self.history_ = result["history"]
-        self.inertia_ = attrs["inertia"]
-        self.n_iter_ = attrs["n_iter"]
-        self.converged_ = attrs["converged"]
-        self.stop_reason_ = attrs["stop_reason"]
-        self.n_features_in_ = attrs["n_features_in"]
+    def _result(self, run: lloyd.LloydResult, n_features: int) -> results.Result:
+        """A run of this fit as a result (its labels are the workspace's to give)."""
+        return results.Result(
+            centers=run.centers,
+            labels=None,
+            history=run.history,
+            inertia=run.inertia,
+            n_iter=run.n_iter,
+            converged=run.converged,
+            stop_reason=run.stop_reason,
+            n_features_in=n_features,
+            params=self._jsonable_params(),
+        )
+
+    def _set_result(self, result: results.Result) -> KMeans:
+        """Take the fitted attributes from a result (of a fit, or read from a group)."""
+        self.cluster_centers_ = result.centers
+        self.labels_ = result.labels.astype(np.int32)
+        self.history_ = result.history
+        self.inertia_ = result.inertia
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.stop_reason_ = result.stop_reason
+        self.n_features_in_ = result.n_features_in
         return self
 
 
 def load(path: str | os.PathLike) -> KMeans:
     """A fitted KMeans from a result group written by :meth:`KMeans.save` or a checkpointed fit."""
-    result = io.read_result(path)
-    params = dict(result["attrs"]["params"])
+    result = results.read_result(path)
+    params = dict(result.params)
     if isinstance(params.get("init"), list):
         params["init"] = np.asarray(params["init"])
     return KMeans(**params)._set_result(result)
-
-
-def _reporting(reporter: progress.IterationReporter, n_runs: int):
-    """Report (run, record) pairs; the run is named only when there are several."""
-
-    def report(run: int, record: dict) -> None:
-        reporter(record if n_runs == 1 else {**record, "run": run})
-
-    return report
 
 
 def _block_location(block_info) -> tuple[int, int]:
@@ -509,13 +436,14 @@ def _predict_block(x: np.ndarray, centers: np.ndarray, block_info=None) -> np.nd
     return kernel.assign(x, centers)[0].astype(np.int32)
 
 
-def _sqdist_block(x: np.ndarray, centers: np.ndarray, block_info=None) -> np.ndarray:
-    if block_info is not None:
-        validation.check_finite_block(x, *_block_location(block_info))
-    return kernel.assign(x, centers)[1]
-
-
 def _transform_block(x: np.ndarray, centers: np.ndarray, block_info=None) -> np.ndarray:
     if block_info is not None:
         validation.check_finite_block(x, *_block_location(block_info))
     return kernel.distances(x, centers)
+
+
+def _objective_block(block: Block, x, weights, *, states, centers) -> float:
+    """One block's share of the objective: sum of w * squared distance to the nearest center."""
+    validation.check_finite_block(x, block.index, block.start)
+    sqdist = kernel.assign(x, centers)[1]
+    return float(sqdist.sum() if weights is None else sqdist @ weights)

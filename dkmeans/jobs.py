@@ -6,7 +6,8 @@ documented in config/README.md)::
     input:  {path, sample_weight}
     output: {path, overwrite}
     model:  {n_clusters, init, n_init, max_iter, tol, random_state, split_every,
-             init_sample_size, retries}
+             init_sample_size, retries}: KMeans' parameters, checked by the
+             estimator's own table (dkmeans.validation.PARAMETERS)
     dask:   {scheduler, num_workers, n_workers, threads_per_worker, memory_limit,
              dashboard_address, slurm, slurm_jobs}
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
-import numbers
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,17 +30,13 @@ import dask
 import numpy as np
 import yaml
 
-from dkmeans import checkpoint, io, validation
+from dkmeans import inputs, results, validation
+from dkmeans.errors import JobError
 
 logger = logging.getLogger(__name__)
 
 LOCAL_SCHEDULERS = ("threads", "synchronous", "processes")
 SCHEDULERS = (*LOCAL_SCHEDULERS, "local-cluster", "slurm")
-INIT_METHODS = ("k-means||", "k-means++", "random")
-
-
-class JobError(ValueError):
-    """A job file (or a flag overriding it) is wrong; the message names the file and key."""
 
 
 @dataclass(frozen=True)
@@ -48,84 +44,66 @@ class Field:
     """One key of a job file: its default, the check of its value, and what it means."""
 
     default: Any
-    check: Callable[[Any], Any]  # returns the value (normalised) or raises ValueError
+    check: Callable[[Any, str], Any]  # (value, key) -> value (normalised), or raises
     doc: str
     required: bool = False
 
 
-def _typed(*kinds: type, allow_none: bool = False) -> Callable[[Any], Any]:
+def _typed(*kinds: type, allow_none: bool = False) -> Callable[[Any, str], Any]:
     names = " or ".join(k.__name__ for k in kinds) + (" or null" if allow_none else "")
 
-    def check(value):
+    def check(value, key):
         if value is None and allow_none:
             return None
         is_bool = isinstance(value, bool)
         if (is_bool and bool not in kinds) or not isinstance(value, kinds):
-            raise ValueError(f"must be {names}, got {value!r} ({type(value).__name__})")
+            raise ValueError(f"{key} must be {names}, got {value!r} ({type(value).__name__})")
         return value
 
     return check
 
 
-def _int_at_least(minimum: int, allow_none: bool = False) -> Callable[[Any], Any]:
-    def check(value):
-        if value is None and allow_none:
-            return None
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"must be an integer, got {value!r} ({type(value).__name__})")
-        if value < minimum:
-            raise ValueError(f"must be >= {minimum}, got {value}")
-        return int(value)
+def _model(name: str) -> Callable[[Any, str], Any]:
+    """The check of ``model.<name>``: the estimator's own (dkmeans.validation.PARAMETERS)."""
+    check = validation.PARAMETERS[name].check
 
-    return check
+    def model_check(value, key):
+        if name == "tol" and isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if name == "init":  # a method, or the path of a (k, d) Zarr array (see _check_data)
+            if not isinstance(value, str):
+                raise ValueError(
+                    f"{key} must be one of {', '.join(validation.INIT_METHODS)} or the path of "
+                    f"a (k, d) Zarr array, got {value!r}"
+                )
+            return value
+        return check(value, key)
 
-
-def _tol(value):
-    if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ValueError(f"must be a real number >= 0, got {value!r}")
-    return float(value)
+    return model_check
 
 
-def _init(value):
-    if not isinstance(value, str):
-        raise ValueError(
-            f"must be one of {', '.join(INIT_METHODS)} or the path of a (k, d) Zarr array, "
-            f"got {value!r}"
-        )
-    return value
-
-
-def _n_init(value):
-    if value == "auto":
-        return value
-    try:
-        return _int_at_least(1)(value)
-    except ValueError:
-        raise ValueError(f"must be 'auto' or an integer >= 1, got {value!r}") from None
-
-
-def _scheduler(value):
+def _scheduler(value, key):
     if not isinstance(value, str) or not (value in SCHEDULERS or "://" in value):
         raise ValueError(
-            f"must be one of {', '.join(SCHEDULERS)} or a scheduler address such as "
+            f"{key} must be one of {', '.join(SCHEDULERS)} or a scheduler address such as "
             f"tcp://10.0.0.1:8786, got {value!r}"
         )
     return value
 
 
-def _memory_limit(value):
+def _memory_limit(value, key):
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
     if isinstance(value, str):
         try:
             dask.utils.parse_bytes(value)
         except ValueError as err:
-            raise ValueError(f"must be a size such as '2GiB' or '500MB', got {value!r}") from err
+            raise ValueError(
+                f"{key} must be a size such as '2GiB' or '500MB', got {value!r}"
+            ) from err
         return value
-    raise ValueError(f"must be a size such as '2GiB' (or bytes, or null), got {value!r}")
+    raise ValueError(f"{key} must be a size such as '2GiB' (or bytes, or null), got {value!r}")
 
 
 FIELDS: dict[str, Field] = {
@@ -141,37 +119,24 @@ FIELDS: dict[str, Field] = {
     "output.overwrite": Field(
         False, _typed(bool), "replace a result or unfinished fit already at output.path"
     ),
-    "model.n_clusters": Field(8, _int_at_least(1), "k"),
-    "model.init": Field(
-        "k-means||", _init, "'k-means||', 'k-means++', 'random', or a (k, d) Zarr array's path"
-    ),
-    "model.n_init": Field(
-        "auto", _n_init, "runs from different seeds, sharing each pass; the best is kept"
-    ),
-    "model.max_iter": Field(300, _int_at_least(1), "most Lloyd iterations"),
-    "model.tol": Field(1e-4, _tol, "center-shift tolerance (scikit-learn's meaning)"),
-    "model.random_state": Field(
-        0, _typed(int, allow_none=True), "seed of the initialisation (null: fresh entropy)"
-    ),
-    "model.split_every": Field(8, _int_at_least(2), "fan-in of the reduction tree"),
-    "model.init_sample_size": Field(
-        None, _int_at_least(1, allow_none=True), "rows k-means++ samples from a large X"
-    ),
-    "model.retries": Field(
-        2, _int_at_least(0), "times a failed task (distributed) or I/O-failed pass is re-run"
-    ),
+    **{
+        f"model.{name}": Field(default, _model(name), validation.PARAMETERS[name].doc)
+        for name, default in validation.job_defaults().items()
+    },
     "dask.scheduler": Field("threads", _scheduler, "where the passes run"),
     "dask.num_workers": Field(
-        None, _int_at_least(1, allow_none=True), "threads/processes: pool size"
+        None, validation.integer_check(1, allow_none=True), "threads/processes: pool size"
     ),
-    "dask.n_workers": Field(2, _int_at_least(1), "local-cluster: worker processes"),
-    "dask.threads_per_worker": Field(1, _int_at_least(1), "local-cluster: threads each"),
+    "dask.n_workers": Field(2, validation.integer_check(1), "local-cluster: worker processes"),
+    "dask.threads_per_worker": Field(
+        1, validation.integer_check(1), "local-cluster: threads each"
+    ),
     "dask.memory_limit": Field("auto", _memory_limit, "local-cluster: memory per worker"),
     "dask.dashboard_address": Field(
         ":0", _typed(str, allow_none=True), "local-cluster: dashboard (':0' any free port)"
     ),
     "dask.slurm": Field({}, _typed(dict), "slurm: keyword arguments of SLURMCluster"),
-    "dask.slurm_jobs": Field(1, _int_at_least(1), "slurm: jobs to start"),
+    "dask.slurm_jobs": Field(1, validation.integer_check(1), "slurm: jobs to start"),
 }
 
 SECTIONS = sorted({key.split(".")[0] for key in FIELDS})
@@ -262,9 +227,9 @@ def load_job(
         if key not in FIELDS:
             raise JobError(f"{source}: unknown key {key!r}{_suggest(key, FIELDS)}")
         try:
-            values[key] = FIELDS[key].check(value)
-        except ValueError as err:
-            raise JobError(f"{source}: {key} {err}") from err
+            values[key] = FIELDS[key].check(value, key)
+        except (TypeError, ValueError) as err:
+            raise JobError(f"{source}: {err}") from err
     for key, field in FIELDS.items():
         if key not in values:
             if field.required:
@@ -279,7 +244,7 @@ def load_job(
 def _check_data(job: Job) -> None:
     """Open the input (and weights, and init array) to check shapes and dtypes; read no data."""
     try:
-        X = io.open_zarr_array(job["input.path"], name="input.path")
+        X = inputs.open_zarr_array(job["input.path"], name="input.path")
         n_samples, n_features = validation.check_shape(X.shape, "input.path")
         validation.working_dtype(X.dtype, "input.path")
         try:
@@ -287,14 +252,14 @@ def _check_data(job: Job) -> None:
         except ValueError as err:
             raise ValueError(f"model.n_clusters: {err} in input.path") from err
         if job["input.sample_weight"] is not None:
-            w = io.open_zarr_array(job["input.sample_weight"], name="input.sample_weight")
+            w = inputs.open_zarr_array(job["input.sample_weight"], name="input.sample_weight")
             if w.shape != (n_samples,):
                 raise ValueError(
                     f"input.sample_weight has shape {w.shape}; it needs one weight per row "
                     f"of input.path, shape ({n_samples},)"
                 )
-        if job["model.init"] not in INIT_METHODS:
-            init = io.open_zarr_array(job["model.init"], name="model.init")
+        if job["model.init"] not in validation.INIT_METHODS:
+            init = inputs.open_zarr_array(job["model.init"], name="model.init")
             if init.shape != (job["model.n_clusters"], n_features):
                 raise ValueError(
                     f"model.init array has shape {init.shape}, expected "
@@ -306,7 +271,7 @@ def _check_data(job: Job) -> None:
 
 def _check_output(job: Job, resume: bool) -> None:
     """Refuse to clobber what is at output.path unless asked to."""
-    path, found = job["output.path"], checkpoint.status(job["output.path"])
+    path, found = job["output.path"], results.status(job["output.path"])
     if job["output.overwrite"] or found == "absent":
         return
     if found == "checkpoint" and not resume:
@@ -329,9 +294,9 @@ def _check_output(job: Job, resume: bool) -> None:
 def init_value(job: Job) -> str | np.ndarray:
     """``model.init`` as KMeans takes it (a path becomes the array it names)."""
     init = job["model.init"]
-    if init in INIT_METHODS:
+    if init in validation.INIT_METHODS:
         return init
-    return np.asarray(io.open_zarr_array(init, name="model.init")[:])
+    return np.asarray(inputs.open_zarr_array(init, name="model.init")[:])
 
 
 def dask_defaults(**given: Any) -> dict[str, Any]:
@@ -339,9 +304,9 @@ def dask_defaults(**given: Any) -> dict[str, Any]:
     cfg = {key.split(".", 1)[1]: f.default for key, f in FIELDS.items() if key.startswith("dask.")}
     for key, value in given.items():
         try:
-            cfg[key] = FIELDS[f"dask.{key}"].check(value)
+            cfg[key] = FIELDS[f"dask.{key}"].check(value, f"--{key.replace('_', '-')}")
         except ValueError as err:
-            raise JobError(f"--{key.replace('_', '-')} {err}") from err
+            raise JobError(str(err)) from err
     return cfg
 
 

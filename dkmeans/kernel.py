@@ -26,7 +26,7 @@ import numba
 import numpy as np
 from numpy.typing import DTypeLike
 
-from dkmeans.reduce import ChunkStats, Farthest, Moments
+from dkmeans.stats import ChunkStats, Farthest, Moments
 
 # Rows per tile: the tile's k x rows scores stay near 1 MiB, in cache.
 _TILE_ELEMENTS = 1 << 18

@@ -1,63 +1,52 @@
 """Lloyd's algorithm: the iteration loop, one pass over the data per iteration.
 
-One pass (:func:`lloyd_pass`):
+One iteration (:func:`lloyd_pass`) is one :func:`dkmeans.passes.map_reduce`:
 
-1. map :func:`dkmeans.kernel.block_stats` over the row blocks of X
-   (``da.blockwise``), each task reading its block once and returning the
-   block's :class:`~dkmeans.reduce.ChunkStats` plus its new labels (or
-   writing them to the Zarr label store);
-2. tree-reduce the stats with a fixed fan-in (:func:`dkmeans.reduce.tree_reduce`);
-3. on the client, form the new means, re-seed empty clusters with the
-   farthest points found in the same pass, and test convergence.
+1. every row block's task (:func:`lloyd_block`) reads the block once, and for
+   each run assigns its rows to the nearest center
+   (:func:`dkmeans.kernel.block_stats`), reading the previous labels from
+   the run's label store (to count the labels that changed) and writing
+   the new ones;
+2. the blocks' :class:`~dkmeans.stats.ChunkStats` (sums, weights,
+   objective, changed count, farthest points) are combined in a tree of
+   fixed fan-in;
+3. here, the new centers are the means (:func:`update_centers`, which
+   re-seeds empty clusters with the farthest points found in the same
+   pass), and the loop tests for a stop (:func:`_iterate`).
 
-With Dask's threaded or synchronous scheduler and blocks already in memory
-(NumPy input), steps 1-2 run here without building a graph
-(:func:`_pass_in_process`): the same task per block, the same tree, bitwise
-the same result, without the few milliseconds of a graph per pass.
+The loop (:func:`lloyd_runs`) stops at an exact fixed point (no label
+changed), when the total squared center shift is at most ``tol`` times the
+mean feature variance (scikit-learn's meaning of ``tol``), or after
+``max_iter`` passes. After a stop that is not a fixed point, one more
+assignment pass makes the labels consistent with the final centers, as
+scikit-learn does.
 
-The loop (:func:`lloyd`) stops at an exact fixed point (no label changed), when
-the total squared center shift is at most ``tol`` times the mean feature
-variance (scikit-learn's meaning of ``tol``), or after ``max_iter`` passes.
-After a stop that is not a fixed point, one more assignment pass makes the
-labels consistent with the final centers, as scikit-learn does.
-
-Restarts (``n_init``) run together (:func:`lloyd_runs`): each task reads its
-block once and runs the kernel for every run still going, and each run's
-statistics are reduced in the same tree, so R runs cost one read of X per
-pass and each ends bitwise as it would alone.
+Restarts (``n_init``) run together: each task reads its block once and runs
+the kernel for every run still going, and each run's statistics are
+reduced in the same tree, so R runs cost one read of X per pass and each
+ends bitwise as it would alone.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 import dask.array as da
 import numpy as np
-from dask.layers import ArrayBlockIdDep, ArraySliceDep
-from threadpoolctl import threadpool_limits
 
-from dkmeans import io, kernel, progress, scheduling, validation
-from dkmeans.labels import LabelStore, ZarrBlockIO, as_dask_array
-from dkmeans.reduce import ChunkStats, tree_reduce, tree_reduce_in_process
+from dkmeans import kernel, passes, stats, validation
+from dkmeans.errors import ObjectiveIncreaseWarning
+from dkmeans.passes import Block
+from dkmeans.state import BlockState, RowStore
+from dkmeans.stats import ChunkStats
 
 FIXED_POINT = "fixed point"
 TOL = "tol"
 MAX_ITER = "max_iter"
-
-
-class ObjectiveIncreaseWarning(RuntimeWarning):
-    """The objective rose between iterations by more than floating-point noise.
-
-    Lloyd's steps can never raise the objective, so this means a bug: it is
-    a warning rather than an error so that a long run still returns its
-    result, and the test suite turns it into an error.
-    """
 
 
 @dataclass
@@ -75,116 +64,49 @@ class LloydResult:
         return self.stop_reason != MAX_ITER
 
 
-def _on_row_block(
+def lloyd_block(
+    block: Block,
     x: np.ndarray,
-    block_id: tuple[int, int],
-    where: tuple[slice, slice],
-    *row_blocks: np.ndarray | None,
-    task: Callable,
-    **kwargs,
-) -> np.ndarray:
-    """Call ``task`` on one row block; its result as the single element of a (1, 1) array."""
-    out = np.empty((1, 1), dtype=object)
-    out[0, 0] = task(x, int(block_id[0]), int(where[0].start), *row_blocks, **kwargs)
-    return out
-
-
-def map_row_blocks(
-    func: Callable, X: da.Array, *row_arrays: da.Array | None, **kwargs
-) -> da.Array:
-    """Map ``func`` over the row blocks of X: one task per block, one object result each.
-
-    ``func(x, block, row_offset, *row_blocks, **kwargs)`` gets X's block, the
-    block's index and first row, then the matching block of each of
-    ``row_arrays`` (1-D, chunked like X's rows; None stays None), and returns
-    any object. The result is an (n_blocks, 1) object dask array with one
-    element per block, ready for :func:`dkmeans.reduce.reduce_blocks`.
-
-    X's single column chunk is an axis of the output (not contracted), so
-    that Dask fuses the read of each block (a Zarr chunk, a dask task) into
-    the task that uses it: a block is read where it is used, never stored or
-    moved between workers on its own. The block's index and first row are
-    constants of its task, not tasks of their own.
-    """
-    if X.numblocks[1] != 1:
-        raise ValueError("map_row_blocks needs X in one chunk along columns")
-    row_args = []
-    for array in row_arrays:
-        row_args += [array, None if array is None else "i"]
-    return da.blockwise(
-        _on_row_block,
-        "ij",
-        X,
-        "ij",
-        ArrayBlockIdDep(X.chunks),  # the block's index ...
-        "ij",
-        ArraySliceDep(X.chunks),  # ... and its rows: constants in its task, not tasks
-        "ij",
-        *row_args,
-        adjust_chunks={"i": 1, "j": 1},
-        align_arrays=False,  # aligned by block index: each input has one block per row block
-        dtype=object,
-        meta=np.empty((0, 0), dtype=object),
-        task=func,
-        **kwargs,
-    )
-
-
-def _pass_task(
-    x: np.ndarray,
-    block: int,
-    row_offset: int,
     weights: np.ndarray | None,
-    *prev_labels: np.ndarray | None,
+    *,
+    states: list[BlockState],
     centers: list[np.ndarray],
-    block_ios: list[ZarrBlockIO | None],
     label_dtype: np.dtype,
     first_pass: bool,
-) -> list[tuple[ChunkStats, np.ndarray | None]]:
-    """One block of one pass for every run: a (stats, labels) pair per run.
+) -> list[ChunkStats]:
+    """One block of one pass for every run: each run's statistics; each run's labels written.
 
     The block is read once and assigned to each run's centers in turn.
     """
     if first_pass:  # the data do not change: checking them once is enough
-        validation.check_finite_block(x, block, row_offset)
+        validation.check_finite_block(x, block.index, block.start)
         if weights is not None:
-            validation.check_weights_block(weights, block, row_offset)
+            validation.check_weights_block(weights, block.index, block.start)
     results = []
-    for run, (run_centers, prev, block_io) in enumerate(
-        zip(centers, prev_labels, block_ios, strict=True)
-    ):
-        if block_io is not None:
-            prev = block_io.read(block, len(x))
-        stats, labels = kernel.block_stats(
+    for run, (run_centers, labels_state) in enumerate(zip(centers, states, strict=True)):
+        block_stats, labels = kernel.block_stats(
             x,
             run_centers,
-            prev_labels=prev,
+            prev_labels=labels_state.read(),
             weights=weights,
-            row_offset=row_offset,
+            row_offset=block.start,
             with_moments=first_pass and run == 0,  # the same for every run
             label_dtype=label_dtype,
         )
-        if not first_pass and not np.isfinite(stats.objective):
+        if not first_pass and not np.isfinite(block_stats.objective):
             # The block was finite in the first pass: this read returned other
             # data (storage fault). Name the block and row rather than go on.
-            validation.check_finite_block(x, block, row_offset)
-        if block_io is not None:
-            block_io.write(block, labels)
-            labels = None
-        results.append((stats, labels))
+            validation.check_finite_block(x, block.index, block.start)
+        labels_state.write(labels)
+        results.append(block_stats)
     return results
-
-
-def _labels_of(block: np.ndarray, run: int) -> np.ndarray:
-    return block.item()[run][1]
 
 
 def lloyd_pass(
     X: da.Array,
     centers: list[np.ndarray],
     *,
-    stores: list[LabelStore],
-    iteration: int,
+    stores: list[RowStore],
     weights: da.Array | None = None,
     split_every: int = 8,
     first_pass: bool = False,
@@ -201,10 +123,8 @@ def lloyd_pass(
         Float data, one chunk along columns.
     centers : list of ndarray of shape (k, d)
         Each run's centers, in X's dtype.
-    stores : list of LabelStore
-        Each run's label store: reads its previous labels, receives the new ones.
-    iteration : int
-        Index of this pass (selects the label buffers); the same for every run.
+    stores : list of RowStore
+        Each run's label store: gives the previous labels, receives the new ones.
     weights : dask.array.Array of shape (n,), optional
         Sample weights chunked like X's rows.
     split_every : int
@@ -213,124 +133,24 @@ def lloyd_pass(
         Check the data for NaN/inf (and weights for sign) and compute the
         column moments (reported with the first run's totals).
     retries : int
-        Times a failed pass (or task, under dask.distributed) is run again;
-        see :mod:`dkmeans.scheduling`.
+        See :func:`dkmeans.passes.map_reduce`.
 
     Returns
     -------
     list of ChunkStats
         Each run's totals over all of X.
     """
-    inputs = [store.pass_inputs(iteration) for store in stores]
-    threads = scheduling.in_process_threads()
-    in_memory = None if threads is None else _in_memory(X, weights, [prev for prev, _ in inputs])
-    if in_memory is not None:  # no graph: the same pass, run here (scheduling.py)
-        run_pass = partial(
-            _pass_in_process,
-            *in_memory,
-            row_chunks=X.chunks[0],
-            centers=centers,
-            stores=stores,
-            block_ios=[block_io for _, block_io in inputs],
-            iteration=iteration,
-            split_every=split_every,
-            first_pass=first_pass,
-            threads=threads,
-        )
-        return scheduling.retry_io_errors(run_pass, retries)  # label store writes may fail
-    parts = map_row_blocks(
-        _pass_task,
-        X,
-        weights,
-        *(as_dask_array(prev) for prev, _ in inputs),
+    return passes.map_reduce(
+        lloyd_block,
+        [X, weights],
+        combine=passes.per_run(partial(stats.combine, n_farthest=len(centers[0]))),
+        split_every=split_every,
+        states=stores,
+        retries=retries,
         centers=centers,
-        block_ios=[block_io for _, block_io in inputs],
         label_dtype=stores[0].dtype,
         first_pass=first_pass,
     )
-    totals = tree_reduce(parts, split_every=split_every, n_farthest=len(centers[0]))
-    labels = [
-        parts.map_blocks(
-            _labels_of,
-            run=run,
-            chunks=(X.chunks[0],),
-            drop_axis=1,
-            dtype=store.dtype,
-            meta=np.empty((0,), store.dtype),
-        )
-        if store.returns_labels
-        else None
-        for run, store in enumerate(stores)
-    ]
-    # One graph run: labels stay persisted where they were computed.
-    labels, totals = scheduling.persist(labels, totals, retries=retries)
-    progress.watch(totals)  # a progress bar under dask.distributed, when asked for
-    totals = totals.compute().runs
-    for store, run_labels in zip(stores, labels, strict=True):
-        store.finish_pass(iteration, run_labels)
-    return totals
-
-
-def _pass_in_process(
-    x_blocks: list[np.ndarray],
-    weight_blocks: list[np.ndarray] | None,
-    prev_blocks: list[list[np.ndarray] | None],
-    *,
-    row_chunks: tuple[int, ...],
-    centers: list[np.ndarray],
-    stores: list[LabelStore],
-    block_ios: list[ZarrBlockIO | None],
-    iteration: int,
-    split_every: int,
-    first_pass: bool,
-    threads: int,
-) -> list[ChunkStats]:
-    """:func:`lloyd_pass` on blocks already in memory, run here on ``threads`` threads.
-
-    The same task per block and the same reduction tree as the Dask graph,
-    so bitwise the same result, without the graph's fixed cost.
-    """
-    starts = np.concatenate([[0], np.cumsum(row_chunks[:-1])]).astype(np.int64)
-
-    def run_block(block: int) -> list[tuple]:
-        return _pass_task(
-            x_blocks[block],
-            block,
-            int(starts[block]),
-            None if weight_blocks is None else weight_blocks[block],
-            *(None if blocks is None else blocks[block] for blocks in prev_blocks),
-            centers=centers,
-            block_ios=block_ios,
-            label_dtype=stores[0].dtype,
-            first_pass=first_pass,
-        )
-
-    elements = scheduling.map_in_process(run_block, range(len(x_blocks)), threads)
-    totals = tree_reduce_in_process(elements, split_every=split_every, n_farthest=len(centers[0]))
-    for run, store in enumerate(stores):
-        labels = [element[run][1] for element in elements] if store.returns_labels else None
-        store.finish_pass(iteration, labels)
-    return totals.runs
-
-
-def _in_memory(
-    X: da.Array,
-    weights: da.Array | None,
-    previous_labels: list[da.Array | list[np.ndarray] | None],
-) -> tuple[list, list | None, list] | None:
-    """The blocks of X, weights and each run's previous labels, if all are in memory.
-
-    Then a pass can run here without a graph (see :mod:`dkmeans.scheduling`).
-    Previous labels may already be a list of NumPy blocks (left by such a pass).
-    """
-    inputs = [X, weights, *previous_labels]
-    blocks = [
-        array if array is None or isinstance(array, list) else io.in_memory_blocks(array)
-        for array in inputs
-    ]
-    if any(got is None and array is not None for got, array in zip(blocks, inputs, strict=True)):
-        return None
-    return blocks[0], blocks[1], blocks[2:]
 
 
 def update_centers(totals: ChunkStats, centers: np.ndarray) -> tuple[np.ndarray, int]:
@@ -364,7 +184,7 @@ def update_centers(totals: ChunkStats, centers: np.ndarray) -> tuple[np.ndarray,
 
 
 def check_objective(previous: float, current: float, dtype: np.dtype, iteration: int) -> None:
-    """Warn with :class:`ObjectiveIncreaseWarning` if the objective rose.
+    """Warn with :class:`~dkmeans.errors.ObjectiveIncreaseWarning` if the objective rose.
 
     The allowance for floating-point noise is ``sqrt(eps)`` of the data's
     dtype, relative: rounding a mean to the data's dtype raises the
@@ -409,43 +229,11 @@ class LloydState:
         return self.history[-1]["objective"] if self.history else np.inf
 
 
-class _OneBlasThread:
-    """One BLAS thread while fits run in this process; the user's setting restored after.
-
-    Dask runs one block per thread, and BLAS threads inside each would
-    oversubscribe the cores (distributed workers already start with one).
-    Fits running at once from several threads share the limit: the first to
-    start sets it, the last to finish restores the original setting.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._fits = 0
-        self._limits: threadpool_limits | None = None
-
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            if self._fits == 0:
-                self._limits = threadpool_limits(limits=1, user_api="blas")
-            self._fits += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._fits -= 1
-                if self._fits == 0:
-                    self._limits.restore_original_limits()
-
-
-one_blas_thread = _OneBlasThread()
-
-
 def lloyd(
     X: da.Array,
     init_centers: np.ndarray,
     *,
-    store: LabelStore,
+    store: RowStore,
     weights: da.Array | None = None,
     max_iter: int = 300,
     tol: float = 1e-4,
@@ -461,7 +249,7 @@ def lloyd(
         As for :func:`lloyd_runs`.
     init_centers : ndarray of shape (k, d)
         Starting centers.
-    store : LabelStore
+    store : RowStore
         Where labels are kept between passes (and read from afterwards).
     on_iteration : callable, optional
         Called with each iteration's history record as soon as it is known.
@@ -488,7 +276,7 @@ def lloyd_runs(
     X: da.Array,
     init_centers: list[np.ndarray] | None = None,
     *,
-    stores: list[LabelStore],
+    stores: list[RowStore],
     weights: da.Array | None = None,
     max_iter: int = 300,
     tol: float = 1e-4,
@@ -511,7 +299,7 @@ def lloyd_runs(
         Float data, one chunk along columns.
     init_centers : list of ndarray of shape (k, d), optional
         Each run's starting centers (when not continuing from ``states``).
-    stores : list of LabelStore
+    stores : list of RowStore
         Each run's label store. When continuing, run r's store must hold the
         labels of ``states[r].label_passes`` passes.
     weights : dask.array.Array of shape (n,), optional
@@ -533,65 +321,46 @@ def lloyd_runs(
         after every pass (for checkpoints: continuing from the states it
         saw ends bitwise as if never stopped).
     retries : int
-        Times a failed pass (or task, under dask.distributed) is run again;
-        see :mod:`dkmeans.scheduling`.
+        See :func:`dkmeans.passes.map_reduce`.
 
     Returns
     -------
     list of LloydResult, one per run
     """
-    if states is None:
-        if init_centers is None:
-            raise ValueError("lloyd_runs needs init_centers or states to continue")
-        states = [LloydState(centers=np.asarray(c, dtype=X.dtype)) for c in init_centers]
+    fresh = states is None
+    states = _starting_states(X, init_centers, states, stores, max_iter)
+    if fresh and on_pass is not None:
+        on_pass(states)  # the initial centers: a fit killed from here on need not seed again
+    while active := [run for run, state in enumerate(states) if state.inertia is None]:
+        iteration = states[active[0]].n_iter
+        if any(states[run].n_iter != iteration for run in active):
+            raise ValueError("the runs to continue are not all at the same iteration")
+        start = time.perf_counter()
+        totals = lloyd_pass(
+            X,
+            [states[run].centers for run in active],
+            stores=[stores[run] for run in active],
+            weights=weights,
+            split_every=split_every,
+            first_pass=iteration == 0,
+            retries=retries,
+        )
+        seconds = time.perf_counter() - start
+        if iteration == 0 and tol > 0:
+            tol_abs = tol * float(np.mean(totals[0].moments.variance))
+            for run in active:
+                states[run].tol_abs = tol_abs
+        records = {}
+        for run, run_totals in zip(active, totals, strict=True):
+            record = _after_pass(states[run], run_totals, max_iter=max_iter, dtype=X.dtype)
+            if record is not None:  # the record in the run's history
+                record["seconds"] = seconds
+                records[run] = record
         if on_pass is not None:
             on_pass(states)
-    if len(stores) != len(states):
-        raise ValueError(f"lloyd_runs got {len(states)} runs but {len(stores)} label stores")
-    for state in states:
-        if state.stop_reason is None and state.n_iter >= max_iter:
-            state.stop_reason = MAX_ITER  # continued with a max_iter already reached
-        if state.inertia is None and state.stop_reason == FIXED_POINT and state.exact_final:
-            state.inertia = state.last_objective  # the last pass's labels are final
-
-    with one_blas_thread():
-        while active := [run for run, state in enumerate(states) if state.inertia is None]:
-            iteration = states[active[0]].n_iter
-            if any(states[run].n_iter != iteration for run in active):
-                raise ValueError("the runs to continue are not all at the same iteration")
-            start = time.perf_counter()
-            totals = lloyd_pass(
-                X,
-                [states[run].centers for run in active],
-                stores=[stores[run] for run in active],
-                iteration=iteration,
-                weights=weights,
-                split_every=split_every,
-                first_pass=iteration == 0,
-                retries=retries,
-            )
-            seconds = time.perf_counter() - start
-            if iteration == 0 and tol > 0:
-                tol_abs = tol * float(np.mean(totals[0].moments.variance))
-                for run in active:
-                    states[run].tol_abs = tol_abs
-            records = {}
-            for run, run_totals in zip(active, totals, strict=True):
-                state = states[run]
-                if state.stop_reason is None:
-                    records[run] = _iterate(state, run_totals, max_iter=max_iter, dtype=X.dtype)
-                    records[run]["seconds"] = seconds
-                else:
-                    # Stopped short of an exact fixed point: this pass made the
-                    # labels match the final centers (as scikit-learn does).
-                    state.inertia = run_totals.objective
-                    state.final_pass = True
-                    check_objective(state.last_objective, state.inertia, X.dtype, iteration)
-            if on_pass is not None:
-                on_pass(states)
-            if on_iteration is not None:
-                for run, record in records.items():
-                    on_iteration(run, record)
+        if on_iteration is not None:
+            for run, record in records.items():
+                on_iteration(run, record)
     return [
         LloydResult(
             centers=state.centers,
@@ -602,6 +371,42 @@ def lloyd_runs(
         )
         for state in states
     ]
+
+
+def _starting_states(
+    X: da.Array,
+    init_centers: list[np.ndarray] | None,
+    states: list[LloydState] | None,
+    stores: list[RowStore],
+    max_iter: int,
+) -> list[LloydState]:
+    """Each run's state to start the loop from: new ones from the centers, or those saved."""
+    if states is None:
+        if init_centers is None:
+            raise ValueError("lloyd_runs needs init_centers or states to continue")
+        states = [LloydState(centers=np.asarray(c, dtype=X.dtype)) for c in init_centers]
+    if len(stores) != len(states):
+        raise ValueError(f"lloyd_runs got {len(states)} runs but {len(stores)} label stores")
+    for state in states:
+        if state.stop_reason is None and state.n_iter >= max_iter:
+            state.stop_reason = MAX_ITER  # continued with a max_iter already reached
+        if state.inertia is None and state.stop_reason == FIXED_POINT and state.exact_final:
+            state.inertia = state.last_objective  # the last pass's labels are final
+    return states
+
+
+def _after_pass(
+    state: LloydState, totals: ChunkStats, *, max_iter: int, dtype: np.dtype
+) -> dict | None:
+    """Take one run's pass: an iteration (its history record), or its final assignment (None)."""
+    if state.stop_reason is None:
+        return _iterate(state, totals, max_iter=max_iter, dtype=dtype)
+    # Stopped short of an exact fixed point: this pass made the labels match
+    # the final centers (as scikit-learn does).
+    state.inertia = totals.objective
+    state.final_pass = True
+    check_objective(state.last_objective, state.inertia, dtype, state.n_iter)
+    return None
 
 
 def _iterate(state: LloydState, totals: ChunkStats, *, max_iter: int, dtype: np.dtype) -> dict:

@@ -51,9 +51,13 @@ def _dashboard_link() -> str | None:
 
 
 class IterationReporter:
-    """Reports each iteration of a verbose fit; call it with history records."""
+    """Reports each iteration of a verbose fit; call it with (run, history record).
 
-    def __init__(self) -> None:
+    The run is named only when there are several (``n_init`` > 1).
+    """
+
+    def __init__(self, n_runs: int = 1) -> None:
+        self.n_runs = n_runs
         self.records: list[dict] = []
         self._display: Any = None
         self._log = bool(logger.handlers)
@@ -73,14 +77,21 @@ class IterationReporter:
         else:
             print(line, flush=True)
 
-    def __call__(self, record: dict) -> None:
+    def __call__(self, run: int, record: dict) -> None:
+        record = record if self.n_runs == 1 else {**record, "run": run}
         self.records.append(record)
         if self._display is not None:
             self._display.update(self._html(self._table()))
         else:
             self._emit(format_record(record))
 
-    def finish(self, message: str) -> None:
+    def finish(self, best: int, result: Any) -> None:
+        """Report the end of the fit: why the kept run stopped, and which run it is."""
+        chosen = f" (run {best} of {self.n_runs})" if self.n_runs > 1 else ""
+        message = (
+            f"stopped: {result.stop_reason} after {result.n_iter} iterations, "
+            f"inertia {result.inertia:.6g}{chosen}"
+        )
         if self._display is not None:
             self._display.update(self._html(self._table(message)))
         else:

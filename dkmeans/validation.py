@@ -1,4 +1,12 @@
-"""Checks on user input, with errors that say what is wrong and where.
+"""Checks on user input: one table of parameters, and checks on the data.
+
+:data:`PARAMETERS` is the one description of every parameter of
+:class:`~dkmeans.KMeans`: its default, its check and what it means. The
+estimator checks its parameters with it when it fits; the job files of the
+``dkmeans`` command take the same keys in their ``model`` section
+(:mod:`dkmeans.jobs`). A value of the wrong type raises
+:class:`~dkmeans.errors.ParameterTypeError` (a ``TypeError``), a value of the
+right type but out of range a ``ValueError``, both naming the parameter.
 
 Everything that can be checked without reading the data is checked before
 any work starts (shape, dtype, parameters, NumPy inputs in full). What needs
@@ -10,33 +18,176 @@ names the block and the row.
 from __future__ import annotations
 
 import numbers
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from dkmeans.errors import ParameterTypeError
 
-def check_n_clusters(n_clusters, n_samples: int) -> int:
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral):
-        raise TypeError(f"n_clusters must be an integer, got {n_clusters!r}")
-    if n_clusters < 1:
-        raise ValueError(f"n_clusters must be >= 1, got n_clusters={n_clusters}")
+INIT_METHODS = ("k-means||", "k-means++", "random")
+LABEL_STORES = ("auto", "memory", "zarr")
+
+
+def integer_check(minimum: int, allow_none: bool = False) -> Callable[[Any, str], Any]:
+    """Check: an integer >= ``minimum`` (or None)."""
+    kind = "an integer" + (" or None" if allow_none else "")
+
+    def check(value, name):
+        if value is None and allow_none:
+            return None
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ParameterTypeError(
+                f"{name} must be {kind}, got {value!r} ({type(value).__name__})"
+            )
+        if value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        return int(value)
+
+    return check
+
+
+def _non_negative_real(value, name):
+    message = f"{name} must be a real number >= 0, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ParameterTypeError(message)
+    if not value >= 0:  # NaN too
+        raise ValueError(message)
+    return float(value)
+
+
+def _init(value, name):
+    message = f"{name} must be 'k-means||', 'k-means++', 'random' or an array, got {value!r}"
+    if isinstance(value, str):
+        if value not in INIT_METHODS:
+            raise ValueError(message)
+        return value
+    if isinstance(value, np.ndarray | list | tuple) or hasattr(value, "__array__"):
+        return value  # its shape and values are checked against X (dkmeans.seeding)
+    raise ParameterTypeError(message)
+
+
+def _n_init(value, name):
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"{name} must be 'auto' or an integer >= 1, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ParameterTypeError(f"{name} must be 'auto' or an integer, got {value!r}")
+    return integer_check(1)(value, name)
+
+
+def _random_state(value, name):
+    integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if value is None or integer or isinstance(value, np.random.Generator | np.random.RandomState):
+        return value
+    raise ParameterTypeError(
+        f"{name} must be None, an int, a numpy Generator or RandomState, got {value!r}"
+    )
+
+
+def _label_store(value, name):
+    if isinstance(value, str | os.PathLike):
+        return value  # a name of LABEL_STORES, or a path or URL
+    raise ParameterTypeError(
+        f"{name} must be 'auto', 'memory', 'zarr' or a path/URL, got {value!r}"
+    )
+
+
+def _verbose(value, name):
+    if isinstance(value, bool):
+        return value
+    return bool(integer_check(0)(value, name))
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of KMeans: default, check, meaning, and whether job files take it."""
+
+    default: Any
+    check: Callable[[Any, str], Any]  # (value, name) -> value (normalised), or raises
+    doc: str
+    in_job: bool = True  # a key of the job file's model section
+    job_default: Any = None  # the job file's default, where it differs (see job_defaults)
+
+
+PARAMETERS: dict[str, Parameter] = {
+    "n_clusters": Parameter(8, integer_check(1), "number of clusters, k"),
+    "init": Parameter(
+        "k-means||",
+        _init,
+        "'k-means||', 'k-means++', 'random', or initial centers (k, d) "
+        "(in a job file: the path of a Zarr array)",
+    ),
+    "n_init": Parameter(
+        "auto", _n_init, "runs from different seeds, sharing each pass; the best is kept"
+    ),
+    "max_iter": Parameter(300, integer_check(1), "most Lloyd iterations"),
+    "tol": Parameter(1e-4, _non_negative_real, "center-shift tolerance (scikit-learn's meaning)"),
+    "random_state": Parameter(
+        None,
+        _random_state,
+        "seed of the initialisation (None: fresh entropy; job files default to 0)",
+        job_default=0,
+    ),
+    "split_every": Parameter(8, integer_check(2), "fan-in of the reduction tree"),
+    "label_store": Parameter(
+        "auto",
+        _label_store,
+        "where labels live between passes: 'auto', 'memory', 'zarr' or a path/URL",
+        in_job=False,  # a job keeps them in its output group
+    ),
+    "init_sample_size": Parameter(
+        None, integer_check(1, allow_none=True), "rows k-means++ samples from a large X"
+    ),
+    "retries": Parameter(
+        2, integer_check(0), "times a failed task (distributed) or I/O-failed pass is re-run"
+    ),
+    "verbose": Parameter(False, _verbose, "report every iteration", in_job=False),
+}
+
+
+def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter checked (and normalised) by its entry in :data:`PARAMETERS`."""
+    return {name: PARAMETERS[name].check(value, name) for name, value in params.items()}
+
+
+def job_defaults() -> dict[str, Any]:
+    """The defaults of the parameters a job file's model section takes."""
+    return {
+        name: p.default if p.job_default is None else p.job_default
+        for name, p in PARAMETERS.items()
+        if p.in_job
+    }
+
+
+def n_runs(n_init: str | int, init: Any) -> int:
+    """``n_init`` resolved: "auto" by scikit-learn's rule, one run for an array ``init``."""
+    explicit = not isinstance(init, str)
+    if n_init == "auto":
+        return 10 if (not explicit and init == "random") else 1
+    if explicit and n_init != 1:
+        warnings.warn(
+            f"Explicit initial center position passed: performing only one init in "
+            f"KMeans instead of n_init={n_init}.",
+            RuntimeWarning,
+            stacklevel=3,  # the caller of KMeans.fit
+        )
+        return 1
+    return n_init
+
+
+def check_n_clusters(n_clusters: int, n_samples: int) -> int:
+    """k against the data: every cluster needs a point."""
     if n_clusters > n_samples:
         raise ValueError(
             f"n_clusters={n_clusters} is larger than the number of samples, "
             f"n_samples={n_samples}: every cluster needs at least one point"
         )
-    return int(n_clusters)
-
-
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_tol(tol) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
-        raise ValueError(f"tol must be a real number >= 0, got {tol!r}")
-    return float(tol)
+    return n_clusters
 
 
 def working_dtype(dtype: np.dtype, name: str = "X") -> np.dtype:

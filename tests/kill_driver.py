@@ -23,7 +23,7 @@ import threading
 
 import zarr
 
-import dkmeans.init
+import dkmeans.passes
 from dkmeans.cli import main
 
 BLOCKS = 8  # row blocks of the test data
@@ -50,7 +50,7 @@ def kill_on_call(function, call: int, when=lambda *args: True):
 
 point, argv = sys.argv[1], sys.argv[2:]
 if point == "init":
-    dkmeans.init._reduce_runs = kill_on_call(dkmeans.init._reduce_runs, 2)
+    dkmeans.passes.map_reduce = kill_on_call(dkmeans.passes.map_reduce, 2)
 elif point == "labels":
     zarr.Array.__setitem__ = kill_on_call(
         zarr.Array.__setitem__,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dkmeans import CheckpointMismatchError, KMeans, checkpoint, io, load
+from dkmeans import CheckpointMismatchError, KMeans, checkpoint, load, results
 from dkmeans.datasets import make_blobs_zarr
 
 
@@ -53,8 +53,8 @@ def test_checkpointed_fit_equals_plain_fit_and_leaves_a_result_group(
     assert reference.n_iter_ > 5  # enough iterations for the interruption tests
     _assert_same_fit(model, reference)
     group = zarr.open_group(str(out), mode="r")
-    assert checkpoint.status(out) == "complete"
-    assert checkpoint.CHECKPOINT not in group  # the state is dropped once the result is in
+    assert results.status(out) == "complete"
+    assert results.UNFINISHED not in group  # the state is dropped once the result is in
     assert group["labels"].chunks == (4_000,)  # the row chunks of X
     assert group.attrs["input"]["path"] == data_path
     assert group.attrs["fingerprint"]["n_clusters"] == 6
@@ -90,10 +90,10 @@ def test_interrupted_fit_continues_to_the_same_result(
     with pytest.raises(Interrupted):
         _model().fit(data_path, checkpoint=out)
     monkeypatch.undo()
-    assert checkpoint.status(out) == "checkpoint"
+    assert results.status(out) == "checkpoint"
     with pytest.raises(ValueError, match="not a complete dkmeans result"):
         load(out)
-    saved = zarr.open_group(str(out), mode="r")[checkpoint.CHECKPOINT].attrs.get("state")
+    saved = zarr.open_group(str(out), mode="r")[results.UNFINISHED].attrs.get("state")
     expected_saved = call - 1 if before_writing else call
     assert (0 if saved is None else saved["n_iter"] + 1) == expected_saved
     # Killed before the initial centers were saved, the fit starts again (same
@@ -102,7 +102,7 @@ def test_interrupted_fit_continues_to_the_same_result(
     seed = 4 if saved is None else 99
     resumed = _model(random_state=seed).fit(data_path, checkpoint=out, resume=True)
     _assert_same_fit(resumed, reference)
-    assert checkpoint.status(out) == "complete"
+    assert results.status(out) == "complete"
     _assert_same_fit(load(out), reference)
 
 
@@ -114,11 +114,11 @@ def test_interrupted_result_write_never_looks_complete(
     def failing_write(*args, **kwargs):
         raise Interrupted
 
-    monkeypatch.setattr(io, "write_labels", failing_write)
+    monkeypatch.setattr(results, "write_labels", failing_write)
     with pytest.raises(Interrupted):
         _model().fit(data_path, checkpoint=out)
     monkeypatch.undo()
-    assert checkpoint.status(out) == "checkpoint"
+    assert results.status(out) == "checkpoint"
     _assert_same_fit(_model().fit(data_path, checkpoint=out, resume=True), reference)
 
 
@@ -158,4 +158,4 @@ def test_resume_refuses_a_different_fit(data_path, tmp_path, monkeypatch, change
     params = _model().get_params() | change
     with pytest.raises(CheckpointMismatchError, match=named):
         KMeans(**params).fit(X, checkpoint=out, resume=True)
-    assert checkpoint.status(out) == "checkpoint"  # untouched: still resumable
+    assert results.status(out) == "checkpoint"  # untouched: still resumable

@@ -13,7 +13,7 @@ import pytest
 import yaml
 import zarr
 
-from dkmeans import KMeans, checkpoint, jobs, load
+from dkmeans import KMeans, jobs, load, results
 from dkmeans.cli import main
 from dkmeans.datasets import make_blobs_zarr
 from tests.bad_inputs import BAD_ZARR_INPUTS, write_bad_input
@@ -84,7 +84,7 @@ BAD_JOBS = [
     ),
     ({"modle": {"n_clusters": 5}}, "unknown section 'modle' (did you mean 'model'?)"),
     ({"model": {"n_clusters": "five"}}, "model.n_clusters must be an integer, got 'five'"),
-    ({"model": {"max_iter": 0}}, "model.max_iter must be >= 1"),
+    ({"model": {"max_iter": 0}}, "model.max_iter must be an integer >= 1, got 0"),
     ({"model": {"tol": -1}}, "model.tol must be a real number >= 0"),
     ({"model": {"n_clusters": 10**6}}, "n_clusters=1000000 is larger than the number of samples"),
     (
@@ -262,7 +262,7 @@ def run_cli(*args, **kwargs):
 def saved_iterations(path) -> int:
     try:
         group = zarr.open_group(str(path), mode="r")
-        return group[checkpoint.CHECKPOINT].attrs["state"]["n_iter"]
+        return group[results.UNFINISHED].attrs["state"]["n_iter"]
     except (FileNotFoundError, KeyError):
         return -1
 
@@ -284,7 +284,7 @@ def test_sigkill_then_resume_ends_bitwise_equal(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
     killed_at = saved_iterations(out)
     assert 4 <= killed_at < 25
-    assert checkpoint.status(out) == "checkpoint"  # never looks complete
+    assert results.status(out) == "checkpoint"  # never looks complete
 
     resumed = run_cli("fit", job, "--resume")
     log, _ = resumed.communicate(timeout=300)

@@ -8,7 +8,8 @@ import pytest
 import zarr
 
 from dkmeans import InputNotFoundError, KMeans, NotFittedError
-from dkmeans.lloyd import ObjectiveIncreaseWarning, check_objective
+from dkmeans.errors import ObjectiveIncreaseWarning
+from dkmeans.lloyd import check_objective
 from tests.bad_inputs import BAD_ZARR_INPUTS, write_bad_input
 
 
@@ -78,7 +79,7 @@ def test_empty_input_is_rejected(shape):
 
 @pytest.mark.parametrize("k", [0, -1])
 def test_n_clusters_below_one(X, k):
-    with pytest.raises(ValueError, match=f"n_clusters must be >= 1, got n_clusters={k}"):
+    with pytest.raises(ValueError, match=f"n_clusters must be an integer >= 1, got {k}"):
         KMeans(k).fit(X)
 
 
@@ -156,6 +157,44 @@ def test_wrong_number_of_features_after_fit(X, method):
 def test_use_before_fit(X, method):
     with pytest.raises(NotFittedError, match="not fitted yet"):
         getattr(KMeans(2), method)(X)
+
+
+def test_not_fitted_error_is_scikit_learns():
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    with pytest.raises(SklearnNotFittedError):
+        KMeans(2).predict(np.zeros((3, 2)))
+    assert issubclass(NotFittedError, ValueError) and issubclass(NotFittedError, AttributeError)
+
+
+def test_not_fitted_error_without_scikit_learn():
+    """scikit-learn stays optional: without it the error is still a ValueError/AttributeError."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "import dkmeans, numpy as np\n"
+        "try:\n    dkmeans.KMeans(2).predict(np.zeros((3, 2)))\n"
+        "except (ValueError, AttributeError) as err:\n"
+        "    assert type(err) is dkmeans.NotFittedError, type(err).__mro__\n"
+        "    print(type(err).__mro__[1].__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ValueError"
+
+
+def test_every_public_exception_and_warning_is_exported_from_one_module():
+    import dkmeans
+    from dkmeans import errors
+
+    for name in dkmeans.__all__:
+        value = getattr(dkmeans, name)
+        if isinstance(value, type) and issubclass(value, BaseException):
+            assert value.__module__ == "dkmeans.errors", name
+            assert getattr(errors, name) is value
+    public = {n for n in vars(errors) if not n.startswith("_") and n[0].isupper()}
+    assert public | {"NotFittedError"} <= set(dkmeans.__all__)
 
 
 @pytest.mark.parametrize("shape", [(3, 3), (2, 4), (2,)])

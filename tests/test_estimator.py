@@ -7,7 +7,7 @@ import zarr
 from sklearn.base import clone
 
 from dkmeans import KMeans, load
-from dkmeans.labels import label_dtype
+from dkmeans.state import label_dtype
 from tests import reference
 from tests.conftest import general_position_init
 
@@ -145,9 +145,9 @@ def test_random_state_makes_inits_reproducible(blobs):
 
 
 def test_kmeans_plusplus_on_a_sample_when_x_is_large(blobs, monkeypatch):
-    from dkmeans import init as init_module
+    from dkmeans import seeding
 
-    monkeypatch.setattr(init_module, "KMEANS_PLUSPLUS_MAX_BYTES", 1000)
+    monkeypatch.setattr(seeding, "KMEANS_PLUSPLUS_MAX_BYTES", 1000)
     arr = da.from_array(blobs, chunks=(500, -1))
     a = KMeans(5, random_state=3, init_sample_size=400).fit(arr)
     b = KMeans(5, random_state=3, init_sample_size=400).fit(da.from_array(blobs, chunks=(77, -1)))
@@ -218,10 +218,10 @@ def test_column_chunks_are_joined_and_rows_kept(blobs):
 
 
 def test_numpy_input_is_not_copied(blobs):
-    from dkmeans import io
+    from dkmeans import inputs
 
     X = np.ascontiguousarray(blobs)
-    arr = io.as_dask_array(X)
+    arr = inputs.as_dask_array(X)
     graph = dict(arr.__dask_graph__())
     blocks = [graph[(arr.name, i, 0)] for i in range(arr.numblocks[0])]
     assert len(blocks) > 1

@@ -18,7 +18,7 @@ import yaml
 import zarr
 from distributed import Client, LocalCluster
 
-from dkmeans import ChunkReadError, KMeans, checkpoint, load
+from dkmeans import ChunkReadError, KMeans, load, results
 from dkmeans.cli import main
 from dkmeans.datasets import make_blobs_zarr
 from tests.faults import FaultyStore, reads_logged
@@ -118,7 +118,7 @@ def test_a_chunk_that_keeps_failing_ends_the_fit_naming_it(data, tmp_path, sched
     assert f"X: could not read rows 15000-19999 (chunk {CHUNK} of 8)" in message
     assert data in message and "injected I/O error" in message
     assert reads_logged(str(tmp_path / "reads.log")) == retries + 1  # tried, then retried
-    assert checkpoint.status(group) == "checkpoint"  # never looks complete
+    assert results.status(group) == "checkpoint"  # never looks complete
     with pytest.raises(ValueError, match="not a complete dkmeans result"):
         load(group)
 
@@ -128,7 +128,7 @@ def test_a_chunk_that_decodes_to_garbage_ends_the_fit_naming_it(data, tmp_path, 
     group = tmp_path / "fit.zarr"
     with pytest.raises(ChunkReadError, match=rf"rows 15000-19999 \(chunk {CHUNK} of 8\)"):
         KMeans(**PARAMS, retries=1).fit(X, checkpoint=group)
-    assert checkpoint.status(group) == "checkpoint"
+    assert results.status(group) == "checkpoint"
 
 
 def test_a_chunk_read_back_as_nan_names_the_block_and_row(data, tmp_path):
@@ -188,10 +188,10 @@ def test_process_killed_then_resumed(data, tmp_path, point):
         [sys.executable, str(DRIVER), point, "fit", str(job)], capture_output=True, text=True
     )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    assert checkpoint.status(out) == "checkpoint"  # an unfinished fit, never a result
+    assert results.status(out) == "checkpoint"  # an unfinished fit, never a result
     with pytest.raises(ValueError, match="not a complete dkmeans result"):
         load(out)
-    saved = zarr.open_group(str(out), mode="r")[checkpoint.CHECKPOINT].attrs.get("state")
+    saved = zarr.open_group(str(out), mode="r")[results.UNFINISHED].attrs.get("state")
     expected_saved = {"init": None, "labels": 3, "result": 8}[point]
     assert (saved and saved["n_iter"]) == expected_saved
 
@@ -230,7 +230,7 @@ def test_cli_storage_failure_is_one_line_then_resume_after_the_fix(
     assert err.count("\n") == 1, err
     assert f"could not read rows 15000-19999 (chunk {CHUNK} of 8)" in err and data in err
     assert len(reads) == 2 + 2  # two good reads, then the failure and its one retry
-    assert checkpoint.status(out) == "checkpoint"
+    assert results.status(out) == "checkpoint"
 
     monkeypatch.setattr(zarr.Array, "__getitem__", read)  # the disk is fixed
     assert main(["fit", str(job), "--resume"]) == 0

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from dkmeans import kernel
-from dkmeans.reduce import ChunkStats, Farthest, combine
+from dkmeans.stats import ChunkStats, Farthest, combine
 from tests import reference
 
 # Both ways of forming a tile's scores (see dkmeans.kernel._scores_by_row),

@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from dkmeans import KMeans, checkpoint, kernel, load
-from dkmeans.datasets import counting_dask_array
-from dkmeans.init import DEFAULT_ROUNDS, initial_centers, spawn_generators
-from dkmeans.labels import make_label_stores
+from dkmeans import KMeans, checkpoint, kernel, load, results
 from dkmeans.lloyd import FIXED_POINT, lloyd, lloyd_runs
+from dkmeans.seeding import DEFAULT_ROUNDS, initial_centers, spawn_generators
+from dkmeans.state import label_dtype
+from dkmeans.state import make_stores as _make_stores
+from dkmeans.testing import counting_dask_array
 
 N_RUNS = 4
+
+
+def make_label_stores(spec, row_chunks, n_clusters, n_runs=1):
+    return _make_stores(spec, row_chunks, label_dtype(n_clusters), n_runs)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,7 @@ def _assert_same_run(shared, alone, shared_store, alone_store):
     assert shared.inertia == alone.inertia
     assert (shared.n_iter, shared.stop_reason) == (alone.n_iter, alone.stop_reason)
     assert [r["objective"] for r in shared.history] == [r["objective"] for r in alone.history]
-    np.testing.assert_array_equal(shared_store.labels().compute(), alone_store.labels().compute())
+    np.testing.assert_array_equal(shared_store.values().compute(), alone_store.values().compute())
 
 
 @pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
@@ -104,7 +109,7 @@ def test_the_best_run_is_kept_and_run_0_is_the_single_fit(overlapping, init):
     best = int(np.argmin(inertias))
     assert several.inertia_ == min(inertias) <= single.inertia_
     np.testing.assert_array_equal(several.cluster_centers_, runs[best].centers)
-    np.testing.assert_array_equal(several.labels_.compute(), stores[best].labels().compute())
+    np.testing.assert_array_equal(several.labels_.compute(), stores[best].values().compute())
     # The kept labels are the nearest centers' (consistent with the centers).
     expected, _ = kernel.assign(overlapping, several.cluster_centers_)
     np.testing.assert_array_equal(several.labels_.compute(), expected)
@@ -175,7 +180,7 @@ def test_restarts_continue_after_an_interruption_to_the_same_result(
     with pytest.raises(Interrupted):
         KMeans(9, **params).fit(X, checkpoint=out)
     monkeypatch.undo()
-    assert checkpoint.status(out) == "checkpoint"
+    assert results.status(out) == "checkpoint"
     resumed = KMeans(9, **{**params, "random_state": 99}).fit(X, checkpoint=out, resume=True)
     for model in (resumed, load(out)):
         np.testing.assert_array_equal(model.cluster_centers_, reference.cluster_centers_)

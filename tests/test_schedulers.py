@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import zarr
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.utils import key_split
 from sklearn.datasets import make_blobs
 from threadpoolctl import threadpool_info
 
-from dkmeans import KMeans, scheduling
-from dkmeans.datasets import counting_dask_array
-from dkmeans.io import as_dask_array, default_block_rows
-from dkmeans.lloyd import _pass_task, map_row_blocks
+from dkmeans import KMeans, lloyd, passes
+from dkmeans.inputs import as_dask_array, default_block_rows
+from dkmeans.state import MemoryStore
+from dkmeans.testing import counting_dask_array
 
 
 @pytest.fixture(scope="module")
@@ -142,21 +144,59 @@ def test_a_block_is_read_in_the_task_that_uses_it(data, tmp_path):
     zarr.create_array(path, shape=data.shape, chunks=(2_500, 6), dtype=data.dtype)[:] = data
     X = as_dask_array(str(path))
     centers = [data[:7].copy()]
-    for prev in (None, da.zeros(len(data), dtype=np.int8, chunks=(X.chunks[0],))):
-        parts = map_row_blocks(
-            _pass_task,
-            X,
-            None,
-            prev,
-            centers=centers,
-            block_ios=[None],
-            label_dtype=np.int8,
-            first_pass=prev is None,
+    for first_pass in (True, False):
+        store = MemoryStore(X.chunks[0], np.int8)  # labels as a row-aligned input, or none yet
+        if not first_pass:
+            store.end_pass(da.zeros(len(data), dtype=np.int8, chunks=(X.chunks[0],)))
+        parts = passes._graph_blocks(
+            lloyd.lloyd_block,
+            [X, None],
+            [store.begin_pass()],
+            dict(centers=centers, label_dtype=np.int8, first_pass=first_pass),
         )
         (optimized,) = dask.optimize(parts)
         readers = [key for key in dict(optimized.__dask_graph__()) if key[0] == X.name]
         assert not readers, f"{len(readers)} tasks only read X"
         assert len(optimized.compute()) == X.numblocks[0]
+
+
+class BlockTaskDependencies(SchedulerPlugin):
+    """What the tasks of a pass's blocks depended on when they started (by key prefix)."""
+
+    name = "block-task-dependencies"
+
+    def __init__(self):
+        self.seen = []
+
+    async def start(self, scheduler):
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "processing" and key_split(key) == "graph_block":
+            dependencies = self.scheduler.tasks[key].dependencies
+            self.seen.append(sorted(key_split(d.key) for d in dependencies))
+
+
+@pytest.mark.distributed
+def test_a_task_depends_on_its_own_block_of_memory_labels_only(data, tmp_path):
+    """On a cluster, memory labels stay where they were computed: a pass's task for block i
+    depends on block i of the previous labels (and the Zarr array's reader object), on
+    nothing else: not on the whole previous labels gathered into one task, which would
+    put a copy of every label on every worker."""
+    path = tmp_path / "x.zarr"
+    zarr.create_array(path, shape=data.shape, chunks=(2_000, 6), dtype=data.dtype)[:] = data
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(BlockTaskDependencies())
+        KMeans(7, init=data[:7], tol=0, max_iter=4, label_store="memory").fit(str(path))
+        seen = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.plugins["block-task-dependencies"].seen
+        )
+    first_pass, later = ["original-zarr"], ["original-zarr", "written_of"]
+    assert len(seen) == 10 * 5  # 10 blocks, 4 iterations and the final assignment
+    assert seen.count(first_pass) == 10 and seen.count(later) == 40, seen
 
 
 @pytest.mark.parametrize("split_every", [2, 3, 8])
@@ -186,9 +226,9 @@ def test_passes_run_in_process_equal_the_dask_graph(
     X = da.from_array(data, chunks=(rows, -1)).map_blocks(np.array)
     w = None if weights is None else da.from_array(weights, chunks=rows).map_blocks(np.array)
     in_process = []
-    original = scheduling.map_in_process
+    original = passes.map_in_process
     monkeypatch.setattr(
-        scheduling,
+        passes,
         "map_in_process",
         lambda *args: in_process.append(1) or original(*args),
     )

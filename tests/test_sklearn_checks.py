@@ -7,11 +7,6 @@ from dkmeans import KMeans
 
 # Checks that cannot pass by design, with the reason (none may be skipped silently).
 EXPECTED_FAILED_CHECKS: dict[str, str] = {
-    "check_estimators_unfitted": (
-        "scikit-learn is not a runtime dependency, so predict before fit raises "
-        "dkmeans.NotFittedError (a ValueError and AttributeError, as scikit-learn's is), "
-        "not sklearn.exceptions.NotFittedError; tests/test_errors.py checks it"
-    ),
     "check_sample_weight_equivalence_on_dense_data": (
         "random initialisation draws depend on the number of rows, so weights and repeated "
         "rows start from different centers; scikit-learn xfails this for its KMeans too. "

@@ -1,4 +1,4 @@
-"""Initial centers: "k-means||", greedy "k-means++", "random", or an explicit array.
+"""Seeding: the initial centers, by "k-means||", greedy "k-means++", "random", or an array.
 
 k-means|| (Bahmani et al., 2012) is the default and the one for data larger
 than memory; see :func:`kmeans_parallel`. k-means++ runs in memory: on all
@@ -11,17 +11,13 @@ for any scheduler and (k-means|| up to floating-point ties) any chunking.
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import dask.array as da
 import numpy as np
 
-from dkmeans import kernel, scheduling, validation
-from dkmeans.lloyd import map_row_blocks
-from dkmeans.reduce import PerRun, reduce_runs
+from dkmeans import kernel, passes, validation
+from dkmeans.passes import Block
 
 # k-means++ on all rows up to this size of X, on a sample of rows above it.
 KMEANS_PLUSPLUS_MAX_BYTES = 256 * 2**20
@@ -31,19 +27,16 @@ DEFAULT_ROUNDS = 5
 DEFAULT_OVERSAMPLING = 2.0
 
 
-def check_random_state(seed) -> np.random.Generator:
-    """A NumPy Generator from None, an int, a Generator or a RandomState."""
+def generator(seed) -> np.random.Generator:
+    """A NumPy Generator from ``random_state``: None, an int, a Generator or a RandomState."""
+    seed = validation.PARAMETERS["random_state"].check(seed, "random_state")
     if seed is None:
         return np.random.default_rng()
     if isinstance(seed, np.random.Generator):
         return seed
     if isinstance(seed, np.random.RandomState):
         return np.random.default_rng(seed.randint(np.iinfo(np.int32).max))
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        return np.random.default_rng(int(seed))
-    raise ValueError(
-        f"random_state must be None, an int, a numpy Generator or RandomState, got {seed!r}"
-    )
+    return np.random.default_rng(int(seed))
 
 
 def spawn_generators(rng: np.random.Generator, n: int) -> list[np.random.Generator]:
@@ -62,7 +55,7 @@ def _take_rows(X: da.Array, rows: np.ndarray, retries: int) -> np.ndarray:
     """Rows of X (in the order given), reading only the blocks that hold them."""
     order = np.argsort(rows)
     taken = np.empty((len(rows), X.shape[1]), dtype=X.dtype)
-    (taken[order],) = scheduling.compute(X[rows[order]], retries=retries)
+    (taken[order],) = passes.compute(X[rows[order]], retries=retries)
     return taken
 
 
@@ -162,8 +155,8 @@ class Candidates:
 
 
 def _oversample_task(
-    x, block, row_offset, weights, *, candidates, keys, oversampling, check
-) -> PerRun:
+    block: Block, x, weights, *, states, candidates, keys, oversampling, check
+) -> list[Candidates]:
     """One block of a k-means|| round for each run: its cost, and every row that might be sampled.
 
     Row i is sampled when ``u_i * cost < l * w_i * d_i^2`` with the *total*
@@ -172,38 +165,40 @@ def _oversample_task(
     the client applies the exact rule once the total is known.
     """
     if check:
-        validation.check_finite_block(x, block, row_offset)
+        validation.check_finite_block(x, block.index, block.start)
         if weights is not None:
-            validation.check_weights_block(weights, block, row_offset)
+            validation.check_weights_block(weights, block.index, block.start)
     found = []
     for run_candidates, key in zip(candidates, keys, strict=True):
         _, sqdist = kernel.assign(x, run_candidates)
         wd = sqdist if weights is None else sqdist * weights
         cost = float(wd.sum())
-        draws = row_uniforms(key, row_offset, len(x))
+        draws = row_uniforms(key, block.start, len(x))
         keep = np.flatnonzero(draws * cost < oversampling * wd)
-        found.append(Candidates(cost, row_offset + keep, draws[keep], wd[keep], x[keep]))
-    return PerRun(found)
+        found.append(Candidates(cost, block.start + keep, draws[keep], wd[keep], x[keep]))
+    return found
 
 
-def _weigh_task(x, block, row_offset, weights, *, candidates) -> PerRun:
+def _weigh_task(block: Block, x, weights, *, states, candidates) -> list[np.ndarray]:
     """One block's weight nearest to each candidate, for each run."""
     masses = []
     for run_candidates in candidates:
         labels, _ = kernel.assign(x, run_candidates)
         mass = np.bincount(labels, weights=weights, minlength=len(run_candidates))
         masses.append(mass.astype(np.float64))
-    return PerRun(masses)
+    return masses
 
 
-def _reduce_runs(
-    parts: da.Array, combine: Callable[[list], Any], split_every: int, retries: int
-) -> list:
-    """Each run's combined result of a pass whose blocks return a :class:`PerRun`."""
-    (total,) = scheduling.compute(
-        reduce_runs(parts, combine=combine, split_every=split_every), retries=retries
+def _each_run(task, arrays, combine, split_every: int, retries: int, **constants) -> list:
+    """Each run's combined result of a pass whose tasks return one result per run."""
+    return passes.map_reduce(
+        task,
+        arrays,
+        combine=passes.per_run(combine),
+        split_every=split_every,
+        retries=retries,
+        **constants,
     )
-    return total.runs
 
 
 def _first_centers(
@@ -219,21 +214,22 @@ def _first_centers(
         rows = np.array([rng.integers(X.shape[0]) for rng in rngs])
     else:
         keys = [_philox_key(rng) for rng in rngs]
-        parts = map_row_blocks(_race_task, X, weights, keys=keys)
-        rows = np.array([w.row for w in _reduce_runs(parts, min, split_every, retries)])
+        winners = _each_run(_race_task, [weights], min, split_every, retries, keys=keys)
+        rows = np.array([winner.row for winner in winners])
     taken = _take_rows(X, rows, retries)
     validation.check_finite_block(taken, block=0, row_offset=0, name="X (init rows)")
     return [taken[[run]] for run in range(len(rngs))]
 
 
-def _race_task(x, block, row_offset, weights, *, keys) -> PerRun:
+def _race_task(block: Block, weights, *, states, keys) -> list[RaceWinner]:
+    """Each run's earliest arrival in one block of the weights (X is not read)."""
     winners = []
     for key in keys:
         with np.errstate(divide="ignore"):
-            times = -np.log(row_uniforms(key, row_offset, len(x))) / weights
+            times = -np.log(row_uniforms(key, block.start, block.n_rows)) / weights
         i = int(np.argmin(times))
-        winners.append(RaceWinner(float(times[i]), row_offset + i))
-    return PerRun(winners)
+        winners.append(RaceWinner(float(times[i]), block.start + i))
+    return winners
 
 
 @dataclass(order=True, frozen=True)
@@ -284,16 +280,17 @@ def kmeans_parallel(
     for round_ in range(rounds):
         if not growing:
             break
-        parts = map_row_blocks(
+        found = _each_run(
             _oversample_task,
-            X,
-            weights,
+            [X, weights],
+            Candidates.combine,
+            split_every,
+            retries,
             candidates=[candidates[run] for run in growing],
             keys=[_philox_key(rngs[run]) for run in growing],
             oversampling=l_factor,
             check=round_ == 0,
         )
-        found = _reduce_runs(parts, Candidates.combine, split_every, retries)
         for run, run_found in zip(list(growing), found, strict=True):
             if run_found.cost == 0:  # every row is a candidate already
                 growing.remove(run)
@@ -305,8 +302,7 @@ def kmeans_parallel(
             extra = rng.choice(X.shape[0], size=n_clusters - len(candidates[run]), replace=False)
             extra_rows = _take_rows(X, np.sort(extra), retries)
             candidates[run] = np.concatenate([candidates[run], extra_rows])
-    parts = map_row_blocks(_weigh_task, X, weights, candidates=candidates)
-    masses = _reduce_runs(parts, sum, split_every, retries)
+    masses = _each_run(_weigh_task, [X, weights], sum, split_every, retries, candidates=candidates)
     return [
         greedy_kmeans_plusplus(run_candidates, n_clusters, rng, weights=mass)
         for run_candidates, rng, mass in zip(candidates, rngs, masses, strict=True)
@@ -346,57 +342,64 @@ def initial_centers(
     split_every : int
         Fan-in of the reductions of k-means||.
     retries : int
-        Times a failed read (or task, under dask.distributed) is run again;
-        see :mod:`dkmeans.scheduling`.
+        See :func:`dkmeans.passes.map_reduce`.
 
     Returns
     -------
     list of ndarray of shape (n_clusters, d), in X's dtype, one per run
     """
-    n, d = X.shape
     if not isinstance(init, str):
-        centers = _checked_init_array(init, n_clusters, d).astype(X.dtype)
+        centers = _checked_init_array(init, n_clusters, X.shape[1]).astype(X.dtype)
         return [centers for _ in rngs]
     if init == "k-means||":
         return kmeans_parallel(
             X, n_clusters, rngs=rngs, weights=weights, split_every=split_every, retries=retries
         )
     if init == "random":
-        p = None
-        if weights is not None:
-            (w,) = scheduling.compute(weights, retries=retries)
-            p = w / w.sum()
-            if np.count_nonzero(p) < n_clusters:
-                raise ValueError(
-                    f"init='random' needs at least n_clusters={n_clusters} rows of "
-                    f"positive sample_weight, got {np.count_nonzero(p)}"
-                )
-        rows = [rng.choice(n, size=n_clusters, replace=False, p=p) for rng in rngs]
-        centers = _take_rows(X, np.concatenate(rows), retries)
-        validation.check_finite_block(centers, block=0, row_offset=0, name="X (init rows)")
-        return np.split(centers, len(rngs))
+        return _random_rows(X, n_clusters, rngs, weights, retries)
     if init == "k-means++":
-        if n * d * X.dtype.itemsize <= KMEANS_PLUSPLUS_MAX_BYTES:  # all rows, for every run
-            taken, w = scheduling.compute(X, weights, retries=retries)
-            points = [taken] * len(rngs)
-            w = [w] * len(rngs)
-        else:  # each run's own sample, read together
-            size = min(n, sample_size or DEFAULT_SAMPLE_SIZE)
-            rows = np.concatenate(
-                [np.sort(rng.choice(n, size=size, replace=False)) for rng in rngs]
-            )
-            taken = _take_rows(X, rows, retries)
-            points = np.split(taken, len(rngs))
-            w = [None] * len(rngs)
-            if weights is not None:
-                (w,) = scheduling.compute(weights[rows], retries=retries)
-                w = np.split(w, len(rngs))
-        validation.check_finite_block(taken, block=0, row_offset=0, name="X (init sample)")
-        return [
-            greedy_kmeans_plusplus(run_points, n_clusters, rng, weights=run_w)
-            for run_points, rng, run_w in zip(points, rngs, w, strict=True)
-        ]
+        return _kmeans_plusplus(X, n_clusters, rngs, weights, sample_size, retries)
     raise ValueError(f"init must be 'k-means||', 'k-means++', 'random' or an array, got {init!r}")
+
+
+def _random_rows(X, n_clusters: int, rngs, weights, retries: int) -> list[np.ndarray]:
+    """k distinct rows per run (drawn with probability proportional to weight)."""
+    p = None
+    if weights is not None:
+        (w,) = passes.compute(weights, retries=retries)
+        p = w / w.sum()
+        if np.count_nonzero(p) < n_clusters:
+            raise ValueError(
+                f"init='random' needs at least n_clusters={n_clusters} rows of "
+                f"positive sample_weight, got {np.count_nonzero(p)}"
+            )
+    rows = [rng.choice(X.shape[0], size=n_clusters, replace=False, p=p) for rng in rngs]
+    centers = _take_rows(X, np.concatenate(rows), retries)
+    validation.check_finite_block(centers, block=0, row_offset=0, name="X (init rows)")
+    return np.split(centers, len(rngs))
+
+
+def _kmeans_plusplus(X, n_clusters: int, rngs, weights, sample_size, retries: int):
+    """Greedy k-means++ per run, on all rows of a small X or on each run's sample of rows."""
+    n, d = X.shape
+    if n * d * X.dtype.itemsize <= KMEANS_PLUSPLUS_MAX_BYTES:  # all rows, for every run
+        taken, w = passes.compute(X, weights, retries=retries)
+        points = [taken] * len(rngs)
+        w = [w] * len(rngs)
+    else:  # each run's own sample, read together
+        size = min(n, sample_size or DEFAULT_SAMPLE_SIZE)
+        rows = np.concatenate([np.sort(rng.choice(n, size=size, replace=False)) for rng in rngs])
+        taken = _take_rows(X, rows, retries)
+        points = np.split(taken, len(rngs))
+        w = [None] * len(rngs)
+        if weights is not None:
+            (w,) = passes.compute(weights[rows], retries=retries)
+            w = np.split(w, len(rngs))
+    validation.check_finite_block(taken, block=0, row_offset=0, name="X (init sample)")
+    return [
+        greedy_kmeans_plusplus(run_points, n_clusters, rng, weights=run_w)
+        for run_points, rng, run_w in zip(points, rngs, w, strict=True)
+    ]
 
 
 def _checked_init_array(init, n_clusters: int, n_features: int) -> np.ndarray:

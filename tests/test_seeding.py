@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from sklearn.datasets import make_blobs
 
 from dkmeans import KMeans
-from dkmeans.datasets import counting_dask_array
-from dkmeans.init import DEFAULT_ROUNDS, _philox_key, kmeans_parallel, row_uniforms
+from dkmeans.seeding import DEFAULT_ROUNDS, _philox_key, kmeans_parallel, row_uniforms
+from dkmeans.testing import counting_dask_array
 
 
 @pytest.fixture(scope="module")

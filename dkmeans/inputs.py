@@ -1,18 +1,20 @@
-"""Opening inputs as dask arrays, and writing/reading result groups.
+"""Opening the data: X and sample weights as validated dask arrays.
 
-Inputs: a NumPy array (or anything ``np.asarray`` takes), a dask array, a
+X may be a NumPy array (or anything ``np.asarray`` takes), a dask array, a
 ``zarr.Array``, or the path / fsspec URL of a Zarr array (v2 or v3). All
 become a 2-D float32/float64 dask array whose columns are one chunk; rows
-keep the chunking of the source (NumPy inputs are cut into blocks of about
-``default_block_rows``).
+keep the chunking of the source (NumPy inputs are cut into blocks of
+:func:`default_block_rows` rows, views of the caller's array, never copied).
+Everything that can be checked without reading data is checked here, before
+any work; what needs the data of a lazy input (NaN, negative weights) is
+checked block by block by the first pass.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import dask.array as da
@@ -22,6 +24,7 @@ from dask.base import tokenize
 from dask.core import flatten
 
 from dkmeans import validation
+from dkmeans.errors import ChunkReadError, InputNotFoundError
 
 # Row blocks cut from in-memory inputs: big enough that Dask's per-task cost
 # (a few hundred microseconds) stays small next to the kernel, and at least
@@ -38,21 +41,6 @@ def default_block_rows(n_rows: int, row_bytes: int) -> int:
     by_bytes = DEFAULT_BLOCK_BYTES // max(row_bytes, 1)
     by_count = -(-n_rows // DEFAULT_MIN_BLOCKS)
     return max(1, min(DEFAULT_BLOCK_MAX_ROWS, by_bytes, by_count))
-
-
-COMPLETE_ATTR = "dkmeans_complete"
-
-
-class InputNotFoundError(FileNotFoundError, ValueError):
-    """A path or URL given as input names no Zarr array."""
-
-
-class ChunkReadError(OSError):
-    """A chunk of a Zarr input could not be read or decoded; the message names it.
-
-    An ``OSError``, so that it is retried like other I/O errors (see
-    :mod:`dkmeans.scheduling`).
-    """
 
 
 class ZarrRowReader:
@@ -266,125 +254,3 @@ def describe_input(source: Any, X: da.Array) -> dict[str, Any]:
         "row_chunk": int(X.chunks[0][0]),
         "n_blocks": int(X.numblocks[0]),
     }
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages a result depends on."""
-    import sys
-
-    import dask
-
-    from dkmeans import __version__
-
-    return {
-        "dkmeans": __version__,
-        "dask": dask.__version__,
-        "numpy": np.__version__,
-        "zarr": zarr.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
-def write_result(
-    target: str | os.PathLike | zarr.Group,
-    *,
-    centers: np.ndarray,
-    labels: da.Array,
-    history: Sequence[Mapping[str, float]],
-    attrs: Mapping[str, Any],
-) -> None:
-    """Write a fit to a Zarr group; mark it complete only once all is written.
-
-    ``target`` is a path/URL (the group there is replaced) or an open group
-    (a checkpoint's: its members are added or replaced). A reader must check
-    ``attrs["dkmeans_complete"]`` (``read_result`` does): a run that fails or
-    is killed part-way leaves a group without it.
-    """
-    if isinstance(target, zarr.Group):
-        group = target
-        group.attrs.pop(COMPLETE_ATTR, None)
-    else:
-        group = zarr.open_group(store=os.fspath(target), mode="w")
-    group.create_array("centers", data=np.asarray(centers), overwrite=True)
-    write_labels(group, "labels", labels)
-    hist = group.create_group("history", overwrite=True)
-    for key in HISTORY_COLUMNS:
-        hist.create_array(key, data=np.array([rec[key] for rec in history], dtype=np.float64))
-    group.attrs.update(jsonable(dict(attrs)))
-    group.attrs[COMPLETE_ATTR] = True  # last: the mark of a complete result
-
-
-def write_labels(group: zarr.Group, name: str, labels: da.Array) -> zarr.Array:
-    """Store a dask array of labels as member ``name`` of ``group``, chunked like its rows.
-
-    Irregular row chunks (allowed in dask, not in Zarr) become regular ones
-    of the largest size. Each task writes whole Zarr chunks: no locks needed.
-    """
-    rows = labels.chunks[0]
-    if len(set(rows[:-1])) > 1 or (len(rows) > 1 and rows[-1] > rows[0]):
-        labels = labels.rechunk(max(rows))
-    out = group.create_array(
-        name, shape=labels.shape, dtype=labels.dtype, chunks=(labels.chunks[0][0],), overwrite=True
-    )
-    da.store(labels, out, lock=False)
-    return out
-
-
-def remove(path: str | os.PathLike) -> None:
-    """Delete whatever is at a path or fsspec URL, if anything."""
-    from fsspec.core import url_to_fs  # a dependency of dask
-
-    fs, root = url_to_fs(os.fspath(path))
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-
-
-HISTORY_COLUMNS = ("objective", "labels_changed", "center_shift", "reseeded", "seconds")
-
-
-def read_result(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a result group written by :func:`write_result`.
-
-    Raises
-    ------
-    ValueError
-        If the group is not marked complete (a failed or interrupted run).
-    """
-    path = os.fspath(path)
-    try:
-        group = zarr.open_group(store=path, mode="r")
-    except FileNotFoundError as err:
-        raise InputNotFoundError(f"no dkmeans result group at {path!r}") from err
-    attrs = dict(group.attrs)
-    if not attrs.get(COMPLETE_ATTR, False):
-        raise ValueError(
-            f"{path!r} is not a complete dkmeans result (the run that wrote it did not finish)"
-        )
-    hist = group["history"]
-    columns = {key: hist[key][:] for key in HISTORY_COLUMNS}
-    history = [
-        {"iteration": i + 1, **{key: float(columns[key][i]) for key in HISTORY_COLUMNS}}
-        for i in range(len(columns["objective"]))
-    ]
-    for rec in history:
-        rec["labels_changed"] = int(rec["labels_changed"])
-        rec["reseeded"] = int(rec["reseeded"])
-    return {
-        "centers": group["centers"][:],
-        "labels": da.from_zarr(group["labels"]),
-        "history": history,
-        "attrs": attrs,
-    }
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with NumPy scalars and arrays made plain JSON types (for Zarr attributes)."""
-    return json.loads(json.dumps(value, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return repr(value)

@@ -1,0 +1,229 @@
+"""The result group: how a fit is saved, loaded and described (``save``, ``load``, ``info``).
+
+A fit is saved as a Zarr group (written by :meth:`KMeans.save` and, at the
+end, by a checkpointed fit in its own group)::
+
+    GROUP/
+      centers               (k, d), X's dtype
+      labels                (n,), chunked like X's rows
+      history/              one float64 array per column of HISTORY_COLUMNS
+      attrs:  params, input, versions, inertia, n_iter, converged, stop_reason,
+              n_features_in, n_samples (and a checkpointed fit's fingerprint),
+              then COMPLETE_ATTR = True, written last
+
+A reader checks COMPLETE_ATTR: a write that failed part-way never looks
+complete. While a checkpointed fit runs, the group holds its state in the
+member ``checkpoint/`` instead (its layout is :mod:`dkmeans.checkpoint`'s);
+``attrs["state"]`` of that member has ``n_iter`` and ``history`` of the run
+leading so far, which is what :func:`describe` shows of an unfinished fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from dkmeans.errors import InputNotFoundError
+
+COMPLETE_ATTR = "dkmeans_complete"
+UNFINISHED = "checkpoint"  # the member holding an unfinished fit's state
+HISTORY_COLUMNS = ("objective", "labels_changed", "center_shift", "reseeded", "seconds")
+
+
+@dataclass
+class Result:
+    """A fit as saved in a result group."""
+
+    centers: np.ndarray
+    labels: da.Array
+    history: list[dict]
+    inertia: float
+    n_iter: int
+    converged: bool
+    stop_reason: str
+    n_features_in: int
+    params: dict[str, Any]
+    attrs: dict[str, Any] = field(default_factory=dict)  # everything in the group's attrs
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on."""
+    from dkmeans import __version__
+
+    return {
+        "dkmeans": __version__,
+        "dask": dask.__version__,
+        "numpy": np.__version__,
+        "zarr": zarr.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def status(path: str | os.PathLike) -> str:
+    """What is at ``path``: "absent", "complete", "checkpoint" or "other".
+
+    "checkpoint" is an unfinished fit that can be continued; "other" is
+    anything else (not a Zarr group, or a group dkmeans did not write).
+    """
+    try:
+        group = zarr.open_group(store=os.fspath(path), mode="r")
+    except FileNotFoundError:
+        return "absent"
+    except Exception:
+        return "other"
+    if group.attrs.get(COMPLETE_ATTR, False):
+        return "complete"
+    if UNFINISHED in group and "fingerprint" in group.attrs:
+        return "checkpoint"
+    return "other"
+
+
+def write_result(target: str | os.PathLike | zarr.Group, result: Result) -> None:
+    """Write a fit to a Zarr group; mark it complete only once all is written.
+
+    ``target`` is a path/URL (the group there is replaced) or an open group
+    (a checkpoint's: its members are added or replaced).
+    """
+    if isinstance(target, zarr.Group):
+        group = target
+        group.attrs.pop(COMPLETE_ATTR, None)
+    else:
+        group = zarr.open_group(store=os.fspath(target), mode="w")
+    group.create_array("centers", data=np.asarray(result.centers), overwrite=True)
+    write_labels(group, "labels", result.labels)
+    hist = group.create_group("history", overwrite=True)
+    for key in HISTORY_COLUMNS:
+        column = [record[key] for record in result.history]
+        hist.create_array(key, data=np.array(column, dtype=np.float64))
+    attrs = {
+        **result.attrs,
+        "params": result.params,
+        "inertia": result.inertia,
+        "n_iter": result.n_iter,
+        "converged": result.converged,
+        "stop_reason": result.stop_reason,
+        "n_features_in": result.n_features_in,
+        "n_samples": int(result.labels.shape[0]),
+    }
+    group.attrs.update(jsonable(attrs))
+    group.attrs[COMPLETE_ATTR] = True  # last: the mark of a complete result
+
+
+def write_labels(group: zarr.Group, name: str, labels: da.Array) -> zarr.Array:
+    """Store a dask array of labels as member ``name`` of ``group``, chunked like its rows.
+
+    Irregular row chunks (allowed in dask, not in Zarr) become regular ones
+    of the largest size. Each task writes whole Zarr chunks: no locks needed.
+    """
+    rows = labels.chunks[0]
+    if len(set(rows[:-1])) > 1 or (len(rows) > 1 and rows[-1] > rows[0]):
+        labels = labels.rechunk(max(rows))
+    out = group.create_array(
+        name, shape=labels.shape, dtype=labels.dtype, chunks=(labels.chunks[0][0],), overwrite=True
+    )
+    da.store(labels, out, lock=False)
+    return out
+
+
+def write_labels_group(path: str | os.PathLike, labels: da.Array, attrs: Mapping) -> None:
+    """A group holding only ``labels`` (``dkmeans predict``'s output), marked complete last."""
+    group = zarr.open_group(store=os.fspath(path), mode="w")
+    write_labels(group, "labels", labels)
+    group.attrs.update(jsonable({**attrs, COMPLETE_ATTR: True}))
+
+
+def read_result(source: str | os.PathLike | zarr.Group) -> Result:
+    """Read a result group (a path/URL or an open group) written by :func:`write_result`.
+
+    Raises
+    ------
+    ValueError
+        If the group is not marked complete (a failed or interrupted run).
+    """
+    if isinstance(source, zarr.Group):
+        group, path = source, str(source.store_path)
+    else:
+        path = os.fspath(source)
+        try:
+            group = zarr.open_group(store=path, mode="r")
+        except FileNotFoundError as err:
+            raise InputNotFoundError(f"no dkmeans result group at {path!r}") from err
+    attrs = dict(group.attrs)
+    if not attrs.get(COMPLETE_ATTR, False):
+        raise ValueError(
+            f"{path!r} is not a complete dkmeans result (the run that wrote it did not finish)"
+        )
+    return Result(
+        centers=group["centers"][:],
+        labels=da.from_zarr(group["labels"]),
+        history=_read_history(group["history"]),
+        inertia=attrs["inertia"],
+        n_iter=attrs["n_iter"],
+        converged=attrs["converged"],
+        stop_reason=attrs["stop_reason"],
+        n_features_in=attrs["n_features_in"],
+        params=attrs["params"],
+        attrs=attrs,
+    )
+
+
+def _read_history(hist: zarr.Group) -> list[dict]:
+    columns = {key: hist[key][:] for key in HISTORY_COLUMNS}
+    history = []
+    for i in range(len(columns["objective"])):
+        record = {"iteration": i + 1, **{key: float(columns[key][i]) for key in HISTORY_COLUMNS}}
+        record["labels_changed"] = int(record["labels_changed"])
+        record["reseeded"] = int(record["reseeded"])
+        history.append(record)
+    return history
+
+
+def describe(path: str | os.PathLike) -> dict[str, Any]:
+    """What ``dkmeans info`` shows: a result group, or the saved progress of an unfinished fit.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` holds neither.
+    """
+    found = status(path)
+    if found == "complete":
+        result = read_result(path)
+        return {"status": "complete", **result.attrs, "history": result.history}
+    if found == "checkpoint":
+        group = zarr.open_group(store=os.fspath(path), mode="r")
+        state = dict(group[UNFINISHED].attrs.get("state", {}))
+        progress = {"n_iter": state.get("n_iter", 0), "history": state.get("history", [])}
+        return {"status": "unfinished", **dict(group.attrs), **progress}
+    raise ValueError(f"GROUP {os.fspath(path)!r}: not a dkmeans result group ({found})")
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete whatever is at a path or fsspec URL, if anything."""
+    from fsspec.core import url_to_fs  # a dependency of dask
+
+    fs, root = url_to_fs(os.fspath(path))
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays made plain JSON types (for Zarr attributes)."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return repr(value)
