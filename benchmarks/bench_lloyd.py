@@ -112,14 +112,17 @@ def blobs(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return X, X[rng.choice(n, size=k, replace=False)].copy()
 
 
-def competitors(X: np.ndarray, init: np.ndarray, chunk_rows: int) -> dict[str, Callable]:
+def competitors(
+    X: np.ndarray, init: np.ndarray, systems: set[str] | None = None
+) -> dict[str, Callable]:
+    """Fit functions (iterations -> iterations run) of dkmeans and the ``systems`` asked for."""
     import dask.array as da
 
     import dkmeans
 
     n, d = X.shape
     k = len(init)
-    Xd = da.from_array(X, chunks=(chunk_rows, -1))
+    wanted = systems or {"scikit-learn", "dask-ml", "faiss"}
 
     def ours(iters):
         return dkmeans.KMeans(k, init=init, max_iter=iters, tol=0).fit(X).n_iter_
@@ -136,14 +139,21 @@ def competitors(X: np.ndarray, init: np.ndarray, chunk_rows: int) -> dict[str, C
     except ImportError:
         print("scikit-learn not installed: skipped", file=sys.stderr)
     try:
+        if "dask-ml" not in wanted:
+            raise ImportError("not asked for")
         from dask_ml.cluster import KMeans as DMKMeans
+
+        from dkmeans.inputs import default_block_rows
+
+        # dask-ml gets dkmeans' blocks (NumPy input is cut into these).
+        Xd = da.from_array(X, chunks=(default_block_rows(n, X[0].nbytes), -1))
 
         def dask_ml(iters):
             return DMKMeans(k, init=init, max_iter=iters, tol=0).fit(Xd).n_iter_
 
         fits["dask-ml"] = dask_ml
     except ImportError:
-        print("dask-ml not installed: skipped", file=sys.stderr)
+        print("dask-ml skipped (not installed or not asked for)", file=sys.stderr)
     try:
         import faiss
 
@@ -156,17 +166,14 @@ def competitors(X: np.ndarray, init: np.ndarray, chunk_rows: int) -> dict[str, C
         fits["faiss"] = faiss_kmeans
     except ImportError:
         print("faiss not installed: skipped", file=sys.stderr)
-    return fits
+    return {name: fit for name, fit in fits.items() if name == "dkmeans" or name in wanted}
 
 
-def in_memory(repeats: int, shapes) -> list[dict]:
-    from dkmeans.io import default_block_rows
-
+def in_memory(repeats: int, shapes, systems: set[str] | None = None) -> list[dict]:
     rows = []
     for n, d, k in shapes:
         X, init = blobs(n, d, k)
-        chunk_rows = default_block_rows(n, X[0].nbytes)  # dask-ml gets dkmeans' blocks
-        fits = competitors(X, init, chunk_rows)
+        fits = competitors(X, init, systems)
         peaks = {}
         for name, fit in fits.items():
             fit(1)  # warm-up: JIT compilation, imports, thread pools
@@ -198,7 +205,9 @@ def in_memory(repeats: int, shapes) -> list[dict]:
     return rows
 
 
-def out_of_core(repeats: int, path: str, n: int = 20_000_000) -> list[dict]:
+def out_of_core(
+    repeats: int, path: str, n: int = 20_000_000, systems: set[str] | None = None
+) -> list[dict]:
     import dask.array as da
     import zarr
     from distributed import Client, LocalCluster
@@ -239,6 +248,8 @@ def out_of_core(repeats: int, path: str, n: int = 20_000_000) -> list[dict]:
         times["bare read pass (X.sum(axis=0))"] = statistics.median(read_samples)
         times["dkmeans"] = per_iteration(ours, repeats)
         try:
+            if systems is not None and "dask-ml" not in systems:
+                raise ImportError("not asked for")
             from dask_ml.cluster import KMeans as DMKMeans
 
             def dask_ml(iters):
@@ -365,7 +376,12 @@ def main(argv=None) -> None:
         help="directory for the out-of-core Zarr array (kept between runs)",
     )
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
+    parser.add_argument(
+        "--systems",
+        help="competitors besides dkmeans, comma-separated (default: scikit-learn,dask-ml,faiss)",
+    )
     args = parser.parse_args(argv)
+    systems = None if args.systems is None else set(args.systems.split(","))
     print(
         f"machine: {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; python {sys.version.split()[0]}"
@@ -374,11 +390,12 @@ def main(argv=None) -> None:
     if args.quick:
         shapes = [(100_000, 32, 64), (100_000, 2, 8)]
     if args.suite in ("inmemory", "all"):
-        in_memory(args.repeats, shapes)
+        in_memory(args.repeats, shapes, systems)
     if args.suite in ("outofcore", "all"):
         os.makedirs(args.data, exist_ok=True)
         n = 2_000_000 if args.quick else 20_000_000
-        out_of_core(args.repeats, os.path.join(args.data, f"blobs-{n}x32.zarr"), n=n)
+        path = os.path.join(args.data, f"blobs-{n}x32.zarr")
+        out_of_core(args.repeats, path, n=n, systems=systems)
     if args.suite in ("scaling", "all"):
         scaling(args.repeats)
 
