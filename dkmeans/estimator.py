@@ -445,5 +445,4 @@ def _transform_block(x: np.ndarray, centers: np.ndarray, block_info=None) -> np.
 def _objective_block(block: Block, x, weights, *, states, centers) -> float:
     """One block's share of the objective: sum of w * squared distance to the nearest center."""
     validation.check_finite_block(x, block.index, block.start)
-    sqdist = kernel.assign(x, centers)[1]
-    return float(sqdist.sum() if weights is None else sqdist @ weights)
+    return kernel.fixed_sum(kernel.assign(x, centers)[1], weights)

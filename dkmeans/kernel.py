@@ -1,35 +1,72 @@
-"""Per-block kernels: nearest-center labels and the block's partial statistics.
+"""Per-block kernels: exact nearest-center labels and the block's partial statistics.
 
-Everything here is a pure function of (block, centers, previous labels,
-weights): no I/O, no globals, no Dask. The orchestration lives in
-:mod:`dkmeans.lloyd`; the reference these kernels are tested against is a
-brute-force float64 NumPy implementation in the tests.
+Everything here is a pure function of (block, centers, previous labels, weights):
+no I/O, no globals, no Dask. The orchestration lives in :mod:`dkmeans.lloyd`;
+the references these kernels are tested against are brute-force float64 and
+exact rational (``fractions.Fraction``) implementations in the tests.
 
-Distances for the argmin use the expansion ``||c||² - 2 x·c`` (``||x||²`` does
-not change the argmin) in the data's dtype, as scikit-learn does, with the dot
-products from BLAS on cache-sized tiles. A compiled loop per tile then picks
-the nearest center, and another accumulates the float64 sums, counts and
-objective; the objective uses the exact difference ``x - c_a`` in float64, so
-it does not suffer from the cancellation of the expansion. The compiled loops
-release the GIL, so Dask's threads run blocks in parallel.
+**Labels are exact.** A row's label is the argmin over centers of the exact
+squared distance between the stored values of the row and of the centers
+(floats are dyadic rationals, so this is well defined), ties to the lowest
+index: the same whatever the BLAS, the CPU or the chunking.
 
-The dot products of a tile are formed either as ``tile @ centers.T`` (a row of
-scores per point) or as ``centers @ tile.T`` (a row per center), whichever
-:func:`_scores_by_row` says is faster for the shape. Both pick the lowest index
-among the smallest scores; the choice depends on the dtype and shape only, so
-a fit does not change with the scheduler or the worker that runs a block.
+1. Fast path. BLAS forms the dot products of a cache-sized tile of rows with
+   the centers, in the data's dtype, and a compiled loop takes each row's
+   best and second-best score ``s_j = ||c_j||² - 2 x·c_j`` (``||x||²`` does
+   not change the order). With the rows' previous labels as hints (a Lloyd
+   pass), the second best costs next to nothing where the label holds.
+2. Certificate. Every computed score is within
+   ``E(x) = 2.1 u (cmax² + (d + 2) ||x|| cmax) + 2 (d + 2) λ`` of the exact
+   one (:func:`_score_error`): a dot product of length d computed in any
+   order, with or without fused multiply-adds, errs by at most
+   ``γ_d Σ|x_f c_f| ≤ γ_d ||x|| ||c||`` (γ_d = du / (1 - du); Higham,
+   *Accuracy and Stability of Numerical Algorithms*, §3.1), rounding
+   ``||c||²`` to the dtype and the final subtraction add at most
+   ``u(||c||² + |s|) ≤ 2u(||c||² + ||x|| ||c||)``, and each product that
+   underflows at most λ (the dtype's smallest normal number, which also
+   covers flush-to-zero); u is the unit roundoff, cmax the largest center
+   norm. A label is certain when the second-best score exceeds the best by
+   more than 2E. One E per tile, from a bound on every row's norm (the norm
+   of each feature's largest |x_f|, or the bound an earlier pass found),
+   clears nearly every row; the others are looked at with their own norm.
+3. Slow path, for the rows that are not certain. Only the centers whose score
+   is within 2E of the best can be nearest; their squared distances are
+   computed directly in float64, where every term is non-negative, so the
+   result is within a relative ``(d + 3) u₆₄`` (plus an absolute term for
+   underflow) of the exact value; the nearest is certain when these
+   intervals separate. Where they do not (exact or near-exact ties), two
+   candidates are compared exactly: the difference of their squared
+   distances as a sum of floats that is computed without rounding
+   (:mod:`dkmeans.exact`), or with Python's rationals when the values'
+   exponents are too extreme for that.
+
+**Sums are fixed.** The float64 sums, weights and objective are accumulated
+rows in order within each tile, element-wise over the features (the
+objective as each cluster's sum of ``w (x_f - c_f)²`` per feature), the
+tiles' sums added in order, the objective summed at the end of the block;
+a row's squared distance, where one is needed, is summed over its features
+in order. Nothing is left to the compiler to reassociate, so they are
+bitwise the same on every CPU and vector width.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numpy.typing import DTypeLike
 
+from dkmeans import exact
 from dkmeans.stats import ChunkStats, Farthest, Moments
+
+# -- tiles ------------------------------------------------------------------------------------
+
 
 # Rows per tile: the tile's k x rows scores stay near 1 MiB, in cache.
 _TILE_ELEMENTS = 1 << 18
+_U64 = 2.0**-53
 
 
 def _tile_rows(n_rows: int, n_clusters: int) -> int:
@@ -37,94 +74,270 @@ def _tile_rows(n_rows: int, n_clusters: int) -> int:
 
 
 def _scores_by_row(n_features: int, n_clusters: int) -> bool:
-    """Whether float32 scores are formed as ``tile @ centers.T``, one row per point.
+    """Whether float32 scores are formed as ``tile @ centers.T``, one row of k per point.
 
-    OpenBLAS computes ``tile @ centers.T`` at up to twice the speed of
-    ``centers @ tile.T``, but the argmin along a row of k scores
-    (:func:`_nearest_by_row`) costs more per point than the argmin down
-    columns (:func:`_nearest_by_column`), which dominates when the product is
-    cheap (few centers and features) and gains nothing for many centers. The
-    bounds come from timing both kernels on 250k-row blocks (2026-11-24, AMD
-    EPYC Zen 4, OpenBLAS 0.3.31): e.g. 21.7 vs 28.3 ms at d=32, k=64; 8.8 vs
-    13.8 at d=32, k=16; 213 vs 235 at d=128, k=256; but 4.3 vs 2.1 at d=2,
-    k=8 and 252 vs 238 at d=32, k=1000.
+    OpenBLAS computes ``tile @ centers.T`` up to twice as fast as
+    ``centers @ tile.T``, but a best-and-second along a row of k scores
+    (:func:`_top2_by_row`) costs more per point than down the columns
+    (:func:`_top2_by_column`), which dominates when the product is cheap
+    (few centers and features). Measured per 250k-row block on two CPUs
+    (AMD EPYC Zen 4, 2026-11-24; Intel Xeon Sapphire Rapids, 2026-11-29): e.g.
+    the rows win at d=32, k=64 and d=128, k=256, the columns at d=2, k=8.
+    Labels do not depend on the choice.
     """
     return n_clusters <= 256 and (n_clusters >= 16 or n_features >= 32)
 
 
-@numba.njit(nogil=True, cache=True)
-def _nearest_by_column(dots_t, centers_sq, labels, best):  # pragma: no cover - compiled
-    """Nearest center of each row from the (k, rows) dot products ``centers @ tile.T``.
+# -- 1. fast path: best and second-best score of each row -------------------------------------
 
-    The score ``||c||² - 2 x·c`` is formed in the data's dtype and compared
-    strictly (no fast-math), so ties go to the lowest index as with
-    ``np.argmin``. The loop runs along rows for each center, which the
-    compiler vectorises: several rows are compared per instruction.
+
+@numba.njit(nogil=True, cache=True)
+def _top2_by_column(dots_t, centers_sq, labels, best, second):  # pragma: no cover - compiled
+    """Each row's best score, its center's index, and the second-best score.
+
+    From the (k, rows) dot products ``centers @ tile.T``: the scores
+    ``||c||² - 2 x·c`` are formed in the data's dtype and compared strictly
+    (no fast-math), ties to the lowest index. The loop runs along rows for
+    each center, with selects rather than branches, which the compiler
+    vectorises: several rows are updated per instruction. (Hints as in
+    :func:`_top2_by_row` do not pay here: scattering and gathering the hinted
+    products across the columns cost more than the second best.)
     """
     k, n = dots_t.shape
     for i in range(n):
         best[i] = centers_sq[0] - (dots_t[0, i] + dots_t[0, i])
+        second[i] = np.inf
         labels[i] = 0
     for j in range(1, k):
         c_sq = centers_sq[j]
         for i in range(n):
             score = c_sq - (dots_t[j, i] + dots_t[j, i])
-            if score < best[i]:
-                best[i] = score
-                labels[i] = j
-    return labels
+            old = best[i]
+            nearer = score < old
+            runner_up = old if nearer else score
+            second[i] = runner_up if runner_up < second[i] else second[i]
+            best[i] = score if nearer else old
+            labels[i] = j if nearer else labels[i]
+
+
+_MAX_KEY = np.int64(0x7FFFFFFFFFFFFFFF)
+
+
+@numba.njit(inline="always")
+def _key(dots, centers_sq, i, j):  # pragma: no cover - compiled
+    """Row i's float32 score of center j as an int64 key: order-preserving bits, then j.
+
+    Negative floats have their magnitude bits flipped, so keys order as the
+    scores, ties by the lowest index; an integer minimum along a row is
+    something the compiler vectorises (a float argmin it does not). Scores
+    are never -0.0 (``||c||²`` is never).
+    """
+    score = np.float32(centers_sq[j] - (dots[i, j] + dots[i, j]))
+    bits = np.int64(score.view(np.int32))
+    return ((bits ^ ((bits >> 31) & 0x7FFFFFFF)) << 32) | j
+
+
+@numba.njit(inline="always")
+def _key_score(key):  # pragma: no cover - compiled
+    """The float32 score in the high half of a :func:`_key`."""
+    high = key >> 32
+    return np.int32(high ^ ((high >> 31) & 0x7FFFFFFF)).view(np.float32)
 
 
 @numba.njit(nogil=True, cache=True)
-def _nearest_by_row(dots, centers_sq, labels):  # pragma: no cover - compiled
-    """Nearest center of each row from the (rows, k) float32 dot products ``tile @ centers.T``.
+def _top2_by_row(dots, centers_sq, hint, labels, best, second):  # pragma: no cover
+    """Each row's best score, its index and the second-best score, from ``tile @ centers.T``.
 
-    Each score ``||c||² - 2 x·c`` (float32, as in :func:`_nearest_by_column`)
-    becomes an int64 key: its bits mapped to an integer of the same order
-    (negative floats have their magnitude bits flipped) in the high half, the
-    center's index in the low half. The smallest key is then the smallest
-    score, ties going to the lowest index, and an integer minimum over a
-    row is something the compiler vectorises (a float argmin along a row it
-    does not). Scores are never -0.0 (``||c||²`` is never), so the order is
-    that of the floats.
+    The row's ``hint`` (its label in the previous pass) is taken out of one
+    plain minimum over the row (its product set to -inf for that pass, then
+    restored), and compared with it after: when the hint is still the best,
+    as for nearly every row late in a fit, that minimum is the runner-up, at
+    the cost of one minimum. Otherwise (or without a hint) a second pass
+    finds the runner-up of the new best.
     """
     n, k = dots.shape
+    hinted = hint.shape[0] == n
     for i in range(n):
-        smallest = np.int64(0x7FFFFFFFFFFFFFFF)
+        p = hint[i] if hinted else -1
+        if 0 <= p < k:  # the hint's product as -inf: its score +inf, out of this minimum
+            own = dots[i, p]
+            dots[i, p] = -np.inf
+        others = _MAX_KEY
         for j in range(k):
-            score = np.float32(centers_sq[j] - (dots[i, j] + dots[i, j]))
-            bits = np.int64(score.view(np.int32))
-            key = ((bits ^ ((bits >> 31) & 0x7FFFFFFF)) << 32) | j
-            smallest = min(smallest, key)
-        labels[i] = smallest & 0xFFFFFFFF
-    return labels
+            others = min(others, _key(dots, centers_sq, i, j))
+        smallest = others
+        if 0 <= p < k:
+            dots[i, p] = own
+            smallest = min(others, _key(dots, centers_sq, i, p))
+        label = smallest & 0xFFFFFFFF
+        if label != p:
+            others = _MAX_KEY
+            for j in range(k):
+                key = _key(dots, centers_sq, i, j)
+                others = min(others, key if j != label else _MAX_KEY)
+        labels[i] = label
+        best[i] = _key_score(smallest)
+        second[i] = _key_score(others) if others != _MAX_KEY else np.float32(np.inf)
 
 
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
-def _accumulate(x, labels, centers64, weights, sqdist, sums, totals):  # pragma: no cover
-    """Exact float64 squared distance to the labelled center, and the running sums.
+# -- 2. certificate; 3. slow path -------------------------------------------------------------
 
-    ``reassoc`` lets the compiler vectorise the sum over features of each
-    distance (its rounding then depends on the CPU's vector width, not on
-    the chunking or the scheduler). An empty ``weights`` means all ones.
-    Returns the tile's objective.
+
+def _score_error(dtype: np.dtype, n_features: int, centers64: np.ndarray) -> tuple[float, float]:
+    """(a, b) with every score's rounding error at most ``a + b ||x||`` for a row x.
+
+    See the module docstring: ``E = 2.1 u (cmax² + (d + 2) ||x|| cmax) + 2 (d + 2) λ``.
+    """
+    info = np.finfo(dtype)
+    u = float(info.eps) / 2
+    cmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", centers64, centers64))))
+    a = 2.1 * u * cmax * cmax + 2 * (n_features + 2) * float(info.tiny)
+    b = 2.1 * u * (n_features + 2) * cmax
+    return a, b
+
+
+@numba.njit(nogil=True, cache=True)
+def _norm_bound(x, largest):  # pragma: no cover - compiled
+    """An upper bound on every row's norm: the norm of each feature's largest |x_f|."""
+    n, d = x.shape
+    largest[:] = 0.0
+    for i in range(n):
+        for f in range(d):
+            largest[f] = max(largest[f], abs(np.float64(x[i, f])))
+    total = 0.0
+    for f in range(d):
+        total += largest[f] * largest[f]
+    return np.sqrt(total * (1.0 + (d + 2) * _U64))
+
+
+@numba.njit(nogil=True, cache=True)
+def _uncertain(best, second, margin, out):  # pragma: no cover - compiled
+    """Flag the rows whose best score is not ahead of the second by more than ``margin``.
+
+    The gap is exact for float32 scores and within a relative u of it for
+    float64 ones, which the callers' (1 + 4u) covers; an infinite or NaN gap
+    (a score that overflowed) certifies nothing. Returns the flagged count.
+    """
+    count = 0
+    for i in range(best.shape[0]):
+        gap = np.float64(second[i]) - np.float64(best[i])
+        flag = not (margin < gap < np.inf)
+        out[i] = flag
+        count += flag
+    return count
+
+
+@numba.njit(inline="always")
+def _direct_sqdist(x, c):  # pragma: no cover - compiled
+    """``||x - c||²`` in float64, features in order: the same on every CPU."""
+    total = 0.0
+    for f in range(x.shape[0]):
+        diff = np.float64(x[f]) - c[f]
+        total += diff * diff
+    return total
+
+
+@numba.njit(nogil=True, cache=True)
+def _certify(x, centers64, dots_t, centers_sq, labels, best, second, flagged, a, b, pending, work):
+    """Decide exactly the labels of the ``flagged`` rows of a tile; certify the others' first.
+
+    ``dots_t`` (k, rows) are the products the fast path formed its scores
+    from, ``best``/``second`` each row's two best scores; ``a + b ||x||``
+    bounds every score's rounding error (module docstring). A flagged row's
+    own norm may still certify it; if not, its candidates are decided by
+    direct float64 distances and, where those cannot separate two, exactly.
+    Rows the exact comparison cannot take (extreme exponents) are flagged in
+    ``pending`` for :func:`dkmeans.exact.nearest_in_python`. Returns the number of rows that
+    took the slow path.
     """
     n, d = x.shape
-    weighted = weights.shape[0] == n
-    objective = 0.0
+    k = centers64.shape[0]
+    relative = 1.01 * (d + 3) * _U64  # of a direct float64 squared distance
+    absolute = (d + 3) * 2.0**-1070  # underflow of its terms
+    slow = 0
     for i in range(n):
-        best = labels[i]
-        dist = 0.0
+        if not flagged[i]:
+            continue
+        norm_sq = 0.0
         for f in range(d):
-            diff = np.float64(x[i, f]) - centers64[best, f]
-            dist += diff * diff
-        sqdist[i] = dist
+            norm_sq += np.float64(x[i, f]) * np.float64(x[i, f])
+        margin = 2.0 * (a + b * np.sqrt(norm_sq)) * (1.0 + 4.0 * _U64)
+        gap = np.float64(second[i]) - np.float64(best[i])
+        if margin < gap < np.inf:
+            continue
+        slow += 1
+        window = np.float64(best[i]) + margin
+        everything = not np.isfinite(window)
+        chosen = -1
+        chosen_sq = 0.0
+        for j in range(k):  # in index order: a tie keeps the lower index
+            score = np.float64(centers_sq[j] - (dots_t[j, i] + dots_t[j, i]))
+            if not everything and score > window and np.isfinite(score):
+                continue  # certainly not nearer than the fast path's best
+            sq = _direct_sqdist(x[i], centers64[j])
+            if chosen < 0:
+                chosen, chosen_sq = j, sq
+            elif sq * (1.0 + relative) + absolute < chosen_sq * (1.0 - relative) - absolute:
+                chosen, chosen_sq = j, sq  # certainly nearer
+            elif sq * (1.0 - relative) - absolute > chosen_sq * (1.0 + relative) + absolute:
+                pass  # certainly farther
+            else:
+                sign = exact.compare(x[i], centers64[j], centers64[chosen], work)
+                if sign == 2:
+                    pending[i] = True
+                elif sign < 0:
+                    chosen, chosen_sq = j, sq
+        labels[i] = chosen
+    return slow
+
+
+# -- statistics, in a fixed order -------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def _accumulate(x, labels, previous, centers64, weights, block):  # pragma: no cover
+    """Add rows to their clusters' sums, weights and squared deviations, rows in order.
+
+    ``block`` is (sums, weights, deviations): ``deviations[a, f]`` gathers
+    ``w (x_f - c_af)²`` of the rows labelled a, whose total is the objective,
+    with no per-row reduction (whose order the compiler would have to keep,
+    and could not vectorise) and no cancellation. Every update is element-wise
+    over the features. An empty ``weights`` means all ones; an empty
+    ``previous``, no labels before. Returns how many labels differ from
+    ``previous``.
+    """
+    sums, totals, deviations = block
+    n, d = x.shape
+    changed = n
+    if previous.shape[0] == n:
+        changed = 0
+        for i in range(n):
+            changed += labels[i] != previous[i]
+    weighted = weights.shape[0] == n
+    for i in range(n):
+        a = labels[i]
         w = weights[i] if weighted else 1.0
         for f in range(d):
-            sums[best, f] += w * np.float64(x[i, f])
-        totals[best] += w
-        objective += w * dist
-    return objective
+            value = np.float64(x[i, f])
+            diff = value - centers64[a, f]
+            sums[a, f] += w * value
+            deviations[a, f] += w * (diff * diff)
+        totals[a] += w
+    return changed
+
+
+@numba.njit(nogil=True, cache=True)
+def _sequential_sum(values):  # pragma: no cover - compiled
+    total = 0.0
+    for value in values.flat:
+        total += value
+    return total
+
+
+@numba.njit(nogil=True, cache=True)
+def _row_sqdist(x, labels, centers64, out):  # pragma: no cover - compiled
+    for i in range(x.shape[0]):
+        out[i] = _direct_sqdist(x[i], centers64[labels[i]])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -150,60 +363,227 @@ def column_moments(x: np.ndarray) -> Moments:
     return Moments(count=len(x), mean=mean, m2=m2)
 
 
-def _assign_block(
-    x: np.ndarray,
-    centers: np.ndarray,
-    weights: np.ndarray | None,
-    label_dtype: DTypeLike = np.int64,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """Labels, exact squared distances, sums, totals and objective of one block."""
-    n, d = x.shape
-    k = len(centers)
-    x = np.ascontiguousarray(x)
-    centers = np.ascontiguousarray(centers, dtype=x.dtype)
-    centers_sq = np.einsum("ij,ij->i", centers, centers)
-    centers64 = centers.astype(np.float64)
+@numba.njit(nogil=True, cache=True)
+def _fixed_sum(values, weights):  # pragma: no cover - compiled
+    """``Σ w_i v_i`` in float64, rows in order."""
+    total = 0.0
+    if weights.shape[0] == values.shape[0]:
+        for i in range(values.shape[0]):
+            total += values[i] * weights[i]
+    else:
+        for i in range(values.shape[0]):
+            total += values[i]
+    return total
+
+
+def fixed_sum(values: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """``sum(weights * values)`` in float64, rows in order: bitwise the same on every CPU."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
     w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
-    labels = np.empty(n, dtype=label_dtype)
-    sqdist = np.empty(n, dtype=np.float64)
-    sums = np.zeros((k, d))
-    totals = np.zeros(k)
-    objective = 0.0
-    step = _tile_rows(n, k)
-    by_row = x.dtype == np.float32 and _scores_by_row(d, k)
-    best = np.empty(step, dtype=x.dtype)  # scratch of _nearest_by_column
-    # One buffer for every tile's dot products: a fresh 1 MiB array per tile
-    # costs page faults each time where malloc returns memory to the OS at
-    # once (Dask's workers set MALLOC_TRIM_THRESHOLD_), which doubled the
-    # kernel's time there.
-    dots_buffer = np.empty(k * step, dtype=x.dtype)
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        tile = x[start:stop]
-        tile_labels = labels[start:stop]
-        tile_dots = dots_buffer[: k * (stop - start)]
-        if by_row:  # BLAS on a cache-sized tile, in the orientation _scores_by_row picks
-            dots = tile_dots.reshape(stop - start, k)
-            np.matmul(tile, centers.T, out=dots)
-            _nearest_by_row(dots, centers_sq, tile_labels)
-        else:
-            dots_t = tile_dots.reshape(k, stop - start)
-            np.matmul(centers, tile.T, out=dots_t)
-            _nearest_by_column(dots_t, centers_sq, tile_labels, best)
-        objective += _accumulate(
+    return float(_fixed_sum(values, w))
+
+
+# -- one tile, one block ----------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def _tile_pass(
+    tile, dots, by_row, hint, weights, centers, labels, bound, norm_bound, work, block, with_stats
+):
+    """One tile after its GEMM: its exact labels, and (``with_stats``) its rows added to ``block``.
+
+    ``dots`` is ``tile @ centers.T`` (rows, k) when ``by_row``, else
+    ``centers @ tile.T`` (k, rows); the fast path gives each row's best and
+    second score. ``norm_bound`` bounds every row's norm (or is negative: the
+    tile's own is found, and the largest kept in ``work``), which gives one
+    margin for the whole tile: it clears nearly every row, the others go to
+    :func:`_certify`. Then the rows, with their final labels, are added to
+    the block's sums (:func:`_accumulate`).
+
+    ``hint`` is the rows' previous labels (or empty), ``centers`` is
+    (centers64, centers_sq), ``bound`` the score error's (a, b), ``work`` the
+    scratch arrays. Returns (slow rows, rows left to
+    :func:`dkmeans.exact.nearest_in_python`, labels changed since ``hint``);
+    with rows left, nothing is added: the caller decides them, then adds the
+    tile with :func:`_accumulate`.
+    """
+    centers64, centers_sq = centers
+    best, second, flagged, pending, expansion, largest, block_bound = work
+    m = tile.shape[0]
+    if centers64.shape[0] == 1:  # one center: every label is 0, certainly
+        labels[:] = 0
+    elif by_row:
+        _top2_by_row(dots, centers_sq, hint, labels, best, second)
+    else:
+        _top2_by_column(dots, centers_sq, labels, best, second)
+    if norm_bound < 0.0:
+        norm_bound = _norm_bound(tile, largest)
+        block_bound[0] = max(block_bound[0], norm_bound)
+    margin = 2.0 * (bound[0] + bound[1] * norm_bound) * (1.0 + 4.0 * _U64)
+    slow = 0
+    if centers64.shape[0] > 1 and _uncertain(best[:m], second[:m], margin, flagged[:m]) > 0:
+        scores = dots.T if by_row else dots
+        slow = _certify(
             tile,
-            tile_labels,
             centers64,
-            w[start:stop] if weights is not None else w,
-            sqdist[start:stop],
-            sums,
-            totals,
+            scores,
+            centers_sq,
+            labels,
+            best,
+            second,
+            flagged,
+            bound[0],
+            bound[1],
+            pending,
+            expansion,
         )
-    return labels, sqdist, sums, totals, objective
+        left = np.count_nonzero(pending[:m])
+        if left > 0:
+            return slow, left, 0
+    changed = 0
+    if with_stats:
+        changed = _accumulate(tile, labels, hint, centers64, weights, block)
+    return slow, 0, changed
+
+
+@dataclass(frozen=True)
+class Centers:
+    """Centers with what every block's kernel needs of them, computed once (:func:`prepare`)."""
+
+    values: np.ndarray  # (k, d), in X's dtype, C-contiguous
+    values64: np.ndarray  # (k, d) float64, exactly the same values
+    squared_norms: np.ndarray  # (k,) ||c||² computed accurately, rounded to X's dtype
+    error: tuple[float, float]  # (a, b): every score's error is at most a + b ||x||
+    by_row: bool  # scores formed as tile @ centers.T (see _scores_by_row)
+
+
+def prepare(centers: np.ndarray, dtype: DTypeLike) -> Centers:
+    """The :class:`Centers` of ``centers`` for data of ``dtype`` (float32 or float64)."""
+    dtype = np.dtype(dtype)
+    values = np.ascontiguousarray(centers, dtype=dtype)
+    values64 = values.astype(np.float64)
+    # ||c||² accurately, then rounded to the dtype (the certificate counts that
+    # rounding; an overflow makes the scores of those centers uncertain, not wrong).
+    with np.errstate(over="ignore"):
+        squared_norms = np.einsum("ij,ij->i", values64, values64).astype(dtype)
+    k, d = values.shape
+    return Centers(
+        values=values,
+        values64=values64,
+        squared_norms=squared_norms,
+        error=_score_error(dtype, d, values64),
+        by_row=dtype == np.float32 and _scores_by_row(d, k),
+    )
+
+
+class _Tiles:
+    """One block's labelling (and statistics), tile by tile, with its scratch space.
+
+    Everything is allocated once per block: a fresh 1 MiB array per tile costs
+    page faults each time where malloc returns memory to the OS at once (Dask's
+    workers set MALLOC_TRIM_THRESHOLD_), which doubled the kernel's time there.
+    """
+
+    def __init__(self, x: np.ndarray, centers: np.ndarray | Centers, with_stats: bool):
+        n, d = x.shape
+        if not isinstance(centers, Centers) or centers.values.dtype != x.dtype:
+            centers = prepare(centers.values if isinstance(centers, Centers) else centers, x.dtype)
+        k = len(centers.values)
+        self.centers = centers.values
+        self.centers64 = centers.values64
+        self.centers_sq = centers.squared_norms
+        self.bound = centers.error
+        self.step = _tile_rows(n, k)
+        self.by_row = centers.by_row
+        self.dots = np.empty(k * self.step, dtype=x.dtype)
+        self.work = (
+            np.empty(self.step, dtype=x.dtype),  # best
+            np.empty(self.step, dtype=x.dtype),  # second
+            np.zeros(self.step, dtype=np.bool_),  # flagged
+            np.zeros(self.step, dtype=np.bool_),  # pending
+            np.empty(12 * d + 4),  # expansion
+            np.empty(d),  # each feature's largest |x| in the tile
+            np.zeros(1),  # the largest bound on row norms over the tiles
+        )
+        # The block's sums, weights and deviations (unused for labels only).
+        self.with_stats = with_stats
+        shape = (k, d) if with_stats else (0, d)
+        self.block = (np.zeros(shape), np.zeros(shape[0]), np.zeros(shape))
+
+    def run(self, x, labels, hint, weights, norm_bound: float | None = None) -> tuple:
+        """Exact labels of a block's rows, written to ``labels`` (and its statistics).
+
+        ``hint``: the rows' previous labels (or empty), which make the fast path
+        cheaper where they still hold and count the labels that changed; the
+        labels do not depend on them. ``norm_bound``: at least every row's norm
+        (found from the rows if not given). Returns (slow rows, labels changed,
+        the norm bound used).
+        """
+        n = len(x)
+        k = len(self.centers)
+        slow = changed = 0
+        centers = (self.centers64, self.centers_sq)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflows: uncertain, see _certify
+            for start in range(0, n, self.step):
+                stop = min(start + self.step, n)
+                m, tile = stop - start, x[start:stop]
+                if self.by_row:  # BLAS on a cache-sized tile, in the orientation chosen
+                    dots = self.dots[: k * m].reshape(m, k)
+                    np.matmul(tile, self.centers.T, out=dots)
+                else:
+                    dots = self.dots[: k * m].reshape(k, m)
+                    np.matmul(self.centers, tile.T, out=dots)
+                tile_hint = hint[start:stop] if len(hint) else hint
+                tile_weights = weights[start:stop] if len(weights) else weights
+                tile_slow, left, tile_changed = _tile_pass(
+                    tile,
+                    dots,
+                    self.by_row,
+                    tile_hint,
+                    tile_weights,
+                    centers,
+                    labels[start:stop],
+                    self.bound,
+                    -1.0 if norm_bound is None else norm_bound,
+                    self.work,
+                    self.block,
+                    self.with_stats,
+                )
+                if left:  # exponents too extreme for the expansions
+                    tile_changed = self._decide_in_python(
+                        tile, labels[start:stop], tile_hint, tile_weights
+                    )
+                slow += tile_slow
+                changed += tile_changed
+        used = float(self.work[6][0]) if norm_bound is None else norm_bound
+        return slow, changed, used
+
+    def _decide_in_python(self, tile, labels, hint, weights) -> int:
+        pending = self.work[3]
+        rows = np.flatnonzero(pending[: len(tile)])
+        exact.nearest_in_python(tile, self.centers, rows, labels)
+        pending[rows] = False
+        if not self.with_stats:
+            return 0
+        return _accumulate(tile, labels, hint, self.centers64, weights, self.block)
+
+
+def _label_block(x: np.ndarray, centers: np.ndarray, label_dtype: DTypeLike) -> tuple:
+    """Exact labels of a block (C-contiguous): (labels, the tiles' constants)."""
+    tiles = _Tiles(x, centers, with_stats=False)
+    labels = np.empty(len(x), dtype=label_dtype)
+    tiles.run(x, labels, np.empty(0, dtype=label_dtype), np.empty(0))
+    return labels, tiles
+
+
+def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Label each row with its nearest center, exactly (int64; ties to the lowest index)."""
+    labels, _ = _label_block(np.ascontiguousarray(x), centers, np.int64)
+    return labels
 
 
 def assign(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Label each row with its nearest center.
+    """Label each row with its nearest center, exactly, and give its squared distance.
 
     Parameters
     ----------
@@ -215,11 +595,16 @@ def assign(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     labels : ndarray of shape (n,), int64
-        Index of the nearest center; ties go to the lowest index.
+        Index of the nearest center (exact squared distances of the stored
+        values); ties go to the lowest index.
     sqdist : ndarray of shape (n,), float64
-        Exact squared distance from each row to its labelled center.
+        Squared distance from each row to its labelled center, in float64,
+        features in order: bitwise the same on every CPU.
     """
-    labels, sqdist, *_ = _assign_block(x, centers, None)
+    x = np.ascontiguousarray(x)
+    labels, tiles = _label_block(x, centers, np.int64)
+    sqdist = np.empty(len(x))
+    _row_sqdist(x, labels, tiles.centers64, sqdist)
     return labels, sqdist
 
 
@@ -227,7 +612,8 @@ def distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Euclidean distances from each row to every center, shape (n, k).
 
     Computed in float64 by the GEMM expansion (clipped at zero), returned in
-    the dtype of ``x``, as scikit-learn's ``KMeans.transform``.
+    the dtype of ``x``, as scikit-learn's ``KMeans.transform``: rounded, not
+    exact, and may differ in the last bits between BLAS builds.
     """
     x64 = x.astype(np.float64, copy=False)
     c64 = centers.astype(np.float64, copy=False)
@@ -239,7 +625,7 @@ def distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
 
 def block_stats(
     x: np.ndarray,
-    centers: np.ndarray,
+    centers: np.ndarray | Centers,
     *,
     prev_labels: np.ndarray | None = None,
     weights: np.ndarray | None = None,
@@ -247,6 +633,7 @@ def block_stats(
     n_farthest: int | None = None,
     with_moments: bool = False,
     label_dtype: DTypeLike = np.int64,
+    norm_bound: float | None = None,
 ) -> tuple[ChunkStats, np.ndarray]:
     """One block's share of a Lloyd pass: labels and partial statistics.
 
@@ -254,8 +641,9 @@ def block_stats(
     ----------
     x : ndarray of shape (n, d)
         The block's rows.
-    centers : ndarray of shape (k, d)
-        Current centers, in the dtype of ``x``.
+    centers : ndarray of shape (k, d), or Centers
+        Current centers, in the dtype of ``x`` (prepared once for all blocks
+        by :func:`prepare`, or as an array).
     prev_labels : ndarray of shape (n,), optional
         The labels of the previous pass; ``None`` on the first pass, when
         every label counts as changed.
@@ -269,35 +657,170 @@ def block_stats(
     with_moments : bool
         Also return the column moments (used once, for ``tol``).
     label_dtype : numpy integer dtype
-        Dtype of the returned labels; must hold ``k - 1``. The kernel writes
-        them in this dtype directly: a pass writes and compares a quarter or
-        less of the bytes of int64 labels (:func:`dkmeans.labels.label_dtype`).
+        Dtype of the returned labels; must hold ``k - 1``.
+    norm_bound : float, optional
+        At least the norm of every row of ``x`` (the ``norm_bound`` of an
+        earlier pass over the same data): spares finding it. Labels do not
+        depend on it, as long as it is a bound.
 
     Returns
     -------
     stats : ChunkStats
     labels : ndarray of shape (n,), in ``label_dtype``
     """
-    k = len(centers)
+    k = len(centers.values if isinstance(centers, Centers) else centers)
     label_dtype = np.dtype(label_dtype)
     if np.iinfo(label_dtype).max < k - 1:
         raise ValueError(f"label_dtype {label_dtype} cannot hold labels up to {k - 1}")
-    labels, sqdist, sums, cluster_weights, objective = _assign_block(
-        x, centers, weights, label_dtype
+    x = np.ascontiguousarray(x)
+    previous = np.empty(0, label_dtype) if prev_labels is None else prev_labels
+    tiles = _Tiles(x, centers, with_stats=True)
+    labels = np.empty(len(x), dtype=label_dtype)
+    w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    slow, changed, used = tiles.run(
+        x, labels, previous.astype(label_dtype, copy=False), w, norm_bound
     )
-    changed = len(x) if prev_labels is None else int(np.count_nonzero(labels != prev_labels))
+    sums, cluster_weights, deviations = tiles.block
     # A cluster empty over all of X is empty in every block, so the number of
     # clusters to re-seed is at most this block's count of empty clusters: a
-    # block without one (the usual case) reports no candidates at all.
+    # block without one (the usual case) reports no candidates at all, and
+    # needs no distances of its rows.
     n_empty = int(np.count_nonzero(cluster_weights == 0))
     m = min(n_empty, k if n_farthest is None else n_farthest)
-    farthest = Farthest.select(sqdist, labels, weights, x, row_offset, m)
+    farthest = Farthest.empty(x.shape[1])
+    if m > 0:
+        sqdist = np.empty(len(x))
+        _row_sqdist(x, labels, tiles.centers64, sqdist)
+        farthest = Farthest.select(sqdist, labels, weights, x, row_offset, m)
     stats = ChunkStats(
         sums=sums,
         weights=cluster_weights,
-        objective=objective,
-        changed=changed,
+        objective=float(_sequential_sum(deviations)),
+        changed=int(changed),
         farthest=farthest,
         moments=column_moments(x) if with_moments else None,
+        slow_rows=slow,
+        norm_bound=used,
     )
     return stats, labels
+
+
+# -- for seeding (dkmeans.seeding): distances and draws in a fixed order ----------------------
+
+
+def sqdist_to(points: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Squared distance of every row of ``points`` to ``center``, float64, bitwise reproducible."""
+    points = np.ascontiguousarray(points, dtype=np.float64)
+    return _sqdist_to(points, np.ascontiguousarray(center, dtype=np.float64))
+
+
+@numba.njit(nogil=True, cache=True)
+def _sqdist_to(points, center):  # pragma: no cover - compiled
+    out = np.empty(points.shape[0])
+    for i in range(points.shape[0]):
+        out[i] = _direct_sqdist(points[i], center)
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _trial_values(points, sq_norms, closest, weights, trials, trial_sq, dots, values, potentials):
+    """Each trial's ``min(closest_i, ||p_i - t||²)`` and weighted total (see trial_potentials).
+
+    ``dots`` (trials, points) from BLAS give ``||p||² - 2 p·t + ||t||²`` to
+    within ``1.1 (d + 3) u (||p|| + ||t||)²``; a point whose distance certainly
+    exceeds its closest keeps its closest, the others get their direct float64
+    distance. The result is the same as computing every distance directly.
+    """
+    t_count, m = dots.shape
+    d = points.shape[1]
+    relative = 1.01 * (d + 3) * _U64
+    gemm = 1.1 * (d + 3) * _U64
+    weighted = weights.shape[0] == m
+    for t in range(t_count):
+        total = 0.0
+        trial_norm = np.sqrt(trial_sq[t])
+        for i in range(m):
+            estimate = (sq_norms[i] - 2.0 * dots[t, i]) + trial_sq[t]
+            reach = np.sqrt(sq_norms[i]) + trial_norm
+            value = closest[i]
+            if not (estimate - gemm * reach * reach) * (1.0 - relative) > value:
+                value = min(value, _direct_sqdist(points[i], trials[t]))
+            values[t, i] = value
+            total += value * weights[i] if weighted else value
+        potentials[t] = total
+
+
+def trial_potentials(
+    points: np.ndarray, closest: np.ndarray, weights: np.ndarray | None, trials: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each trial center t: ``min(closest, ||p - t||²)`` per point, and its weighted sum.
+
+    The step of greedy k-means++: ``points`` (m, d) float64, ``closest`` (m,)
+    each point's squared distance to its nearest chosen center, ``trials``
+    (t, d). BLAS filters out the points a trial cannot bring closer (a
+    rigorous bound, :func:`_trial_values`); the values and sums are computed
+    in a fixed order, so they are bitwise the same on every CPU and BLAS.
+
+    Returns
+    -------
+    values : ndarray of shape (t, m)
+    potentials : ndarray of shape (t,)
+    """
+    points = np.ascontiguousarray(points, dtype=np.float64)
+    trials = np.ascontiguousarray(trials, dtype=np.float64)
+    sq_norms = np.einsum("ij,ij->i", points, points)
+    trial_sq = np.einsum("ij,ij->i", trials, trials)
+    dots = trials @ points.T
+    values = np.empty((len(trials), len(points)))
+    potentials = np.empty(len(trials))
+    w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    _trial_values(points, sq_norms, closest, w, trials, trial_sq, dots, values, potentials)
+    return values, potentials
+
+
+_LN2 = 0.6931471805599453
+
+
+@numba.njit(inline="always")
+def _log(x):  # pragma: no cover - compiled
+    """Natural log of a positive float from + - * / only, so bitwise the same on every CPU.
+
+    ``x = m 2^e`` with m in [√½, √2); ``log m = 2 atanh(s)``, s = (m - 1)/(m + 1),
+    |s| < 0.172, summed to 13 terms (relative error below 1e-16).
+    """
+    m, e = math.frexp(x)
+    if m < 0.7071067811865476:
+        m *= 2.0
+        e -= 1
+    s = (m - 1.0) / (m + 1.0)
+    s2 = s * s
+    term = s
+    total = s
+    for k in range(3, 29, 2):
+        term *= s2
+        total += term / k
+    return e * _LN2 + 2.0 * total
+
+
+@numba.njit(nogil=True, cache=True)
+def _race(uniforms, weights):  # pragma: no cover - compiled
+    best = np.inf
+    winner = 0  # no positive weight: no arrival, as with -log(u) / 0 = inf
+    for i in range(uniforms.shape[0]):
+        if weights[i] > 0.0:
+            time = -_log(uniforms[i]) / weights[i]
+            if time < best:
+                best = time
+                winner = i
+    return best, winner
+
+
+def exponential_race(uniforms: np.ndarray, weights: np.ndarray) -> tuple[float, int]:
+    """(earliest arrival ``-log(u_i) / w_i``, its row): a row drawn with probability ∝ weight.
+
+    Zero weights never arrive; ties go to the lowest row. Bitwise the same on
+    every CPU (no library ``log``).
+    """
+    return _race(
+        np.ascontiguousarray(uniforms, np.float64), np.ascontiguousarray(weights, np.float64)
+    )

@@ -70,9 +70,10 @@ def lloyd_block(
     weights: np.ndarray | None,
     *,
     states: list[BlockState],
-    centers: list[np.ndarray],
+    centers: list[kernel.Centers],
     label_dtype: np.dtype,
     first_pass: bool,
+    norm_bound: float | None = None,
 ) -> list[ChunkStats]:
     """One block of one pass for every run: each run's statistics; each run's labels written.
 
@@ -92,6 +93,7 @@ def lloyd_block(
             row_offset=block.start,
             with_moments=first_pass and run == 0,  # the same for every run
             label_dtype=label_dtype,
+            norm_bound=norm_bound,
         )
         if not first_pass and not np.isfinite(block_stats.objective):
             # The block was finite in the first pass: this read returned other
@@ -111,6 +113,7 @@ def lloyd_pass(
     split_every: int = 8,
     first_pass: bool = False,
     retries: int = 0,
+    norm_bound: float | None = None,
 ) -> list[ChunkStats]:
     """Run one pass over X for one or more runs: assign every row, reduce the statistics.
 
@@ -134,6 +137,9 @@ def lloyd_pass(
         column moments (reported with the first run's totals).
     retries : int
         See :func:`dkmeans.passes.map_reduce`.
+    norm_bound : float, optional
+        At least every row's norm (``ChunkStats.norm_bound`` of an earlier
+        pass): saves the kernel finding it again; labels do not depend on it.
 
     Returns
     -------
@@ -147,9 +153,10 @@ def lloyd_pass(
         split_every=split_every,
         states=stores,
         retries=retries,
-        centers=centers,
+        centers=[kernel.prepare(run_centers, X.dtype) for run_centers in centers],
         label_dtype=stores[0].dtype,
         first_pass=first_pass,
+        norm_bound=norm_bound,
     )
 
 
@@ -331,6 +338,7 @@ def lloyd_runs(
     states = _starting_states(X, init_centers, states, stores, max_iter)
     if fresh and on_pass is not None:
         on_pass(states)  # the initial centers: a fit killed from here on need not seed again
+    norm_bound = None  # found by the first pass of this call, for the next ones
     while active := [run for run, state in enumerate(states) if state.inertia is None]:
         iteration = states[active[0]].n_iter
         if any(states[run].n_iter != iteration for run in active):
@@ -344,7 +352,9 @@ def lloyd_runs(
             split_every=split_every,
             first_pass=iteration == 0,
             retries=retries,
+            norm_bound=norm_bound,
         )
+        norm_bound = totals[0].norm_bound
         seconds = time.perf_counter() - start
         if iteration == 0 and tol > 0:
             tol_abs = tol * float(np.mean(totals[0].moments.variance))

@@ -70,7 +70,10 @@ def greedy_kmeans_plusplus(
 
     Each new center is the best of ``n_local_trials`` candidates (default
     ``2 + ln k``, as scikit-learn) drawn with probability proportional to
-    weight times squared distance to the nearest chosen center.
+    weight times squared distance to the nearest chosen center. Distances
+    and potentials are computed in a fixed order in float64
+    (:func:`dkmeans.kernel.trial_potentials`, BLAS only as a certified filter),
+    so the centers are bitwise the same on every CPU and BLAS.
 
     Parameters
     ----------
@@ -90,18 +93,11 @@ def greedy_kmeans_plusplus(
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
     x64 = points.astype(np.float64, copy=False)
-    x_sq = np.einsum("ij,ij->i", x64, x64)
-
-    def sq_dist_to(rows: np.ndarray) -> np.ndarray:
-        c = x64[rows]
-        d = x_sq[rows][:, None] - 2 * (c @ x64.T) + x_sq[None, :]
-        return np.maximum(d, 0, out=d)
-
     centers = np.empty((n_clusters, points.shape[1]), dtype=points.dtype)
     first = rng.choice(m, p=w / w.sum())
     centers[0] = points[first]
-    closest = sq_dist_to(np.array([first]))[0]
-    potential = closest @ w
+    closest = kernel.sqdist_to(x64, x64[first])
+    potential = kernel.fixed_sum(closest, weights)
     for c in range(1, n_clusters):
         if potential <= 0:  # every weighted point already is a center: take any
             candidates = rng.choice(m, size=1, p=w / w.sum())
@@ -109,10 +105,9 @@ def greedy_kmeans_plusplus(
             cumulative = np.cumsum(w * closest)
             targets = rng.uniform(size=n_local_trials) * cumulative[-1]
             candidates = np.minimum(np.searchsorted(cumulative, targets), m - 1)
-        trial = np.minimum(closest, sq_dist_to(candidates))
-        trial_potential = trial @ w
-        best = int(np.argmin(trial_potential))
-        closest, potential = trial[best], trial_potential[best]
+        values, potentials = kernel.trial_potentials(x64, closest, weights, x64[candidates])
+        best = int(np.argmin(potentials))
+        closest, potential = values[best], potentials[best]
         centers[c] = points[candidates[best]]
     return centers
 
@@ -172,7 +167,7 @@ def _oversample_task(
     for run_candidates, key in zip(candidates, keys, strict=True):
         _, sqdist = kernel.assign(x, run_candidates)
         wd = sqdist if weights is None else sqdist * weights
-        cost = float(wd.sum())
+        cost = kernel.fixed_sum(wd)
         draws = row_uniforms(key, block.start, len(x))
         keep = np.flatnonzero(draws * cost < oversampling * wd)
         found.append(Candidates(cost, block.start + keep, draws[keep], wd[keep], x[keep]))
@@ -225,10 +220,8 @@ def _race_task(block: Block, weights, *, states, keys) -> list[RaceWinner]:
     """Each run's earliest arrival in one block of the weights (X is not read)."""
     winners = []
     for key in keys:
-        with np.errstate(divide="ignore"):
-            times = -np.log(row_uniforms(key, block.start, block.n_rows)) / weights
-        i = int(np.argmin(times))
-        winners.append(RaceWinner(float(times[i]), block.start + i))
+        time, row = kernel.exponential_race(row_uniforms(key, block.start, block.n_rows), weights)
+        winners.append(RaceWinner(time, block.start + row))
     return winners
 
 

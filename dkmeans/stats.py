@@ -129,6 +129,8 @@ class ChunkStats:
     changed: int  # points whose label differs from the previous pass
     farthest: Farthest
     moments: Moments | None = None  # first pass only
+    slow_rows: int = 0  # rows whose label the fast path could not certify (dkmeans.kernel)
+    norm_bound: float = 0.0  # at least every row's norm (dkmeans.kernel: for later passes)
 
 
 def combine(parts: Sequence[ChunkStats], n_farthest: int) -> ChunkStats:
@@ -145,5 +147,7 @@ def combine(parts: Sequence[ChunkStats], n_farthest: int) -> ChunkStats:
             changed=total.changed + part.changed,
             farthest=total.farthest.merge(part.farthest, n_farthest),
             moments=moments,
+            slow_rows=total.slow_rows + part.slow_rows,
+            norm_bound=max(total.norm_bound, part.norm_bound),
         )
     return total

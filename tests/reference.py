@@ -5,6 +5,8 @@ Nothing here imports dkmeans: these are what the engine is checked against.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 
@@ -36,3 +38,49 @@ def objective(X, centers, labels, weights=None) -> float:
     w = np.ones(len(X)) if weights is None else np.asarray(weights, dtype=np.float64)
     diff = X.astype(np.float64) - centers.astype(np.float64)[labels]
     return float(np.sum(w * np.einsum("ij,ij->i", diff, diff)))
+
+
+def _exact_integers(*arrays: np.ndarray) -> list[np.ndarray]:
+    """The arrays' values times one power of two, as Python integers (object arrays): exact.
+
+    Floats are dyadic rationals; with the largest denominator among them as the
+    common one, every value is an integer and so is every squared distance.
+    """
+    as_fractions = [
+        [[Fraction(float(v)) for v in row] for row in np.asarray(a, dtype=np.float64)]
+        for a in arrays
+    ]
+    denominator = max(
+        (f.denominator for rows in as_fractions for row in rows for f in row), default=1
+    )
+    return [
+        np.array([[int(f * denominator) for f in row] for row in rows], dtype=object).reshape(
+            len(rows), -1
+        )
+        for rows in as_fractions
+    ]
+
+
+def exact_sq_distances(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """All squared distances, (n, k), as exact Python integers (a common scale: see above)."""
+    X_int, centers_int = _exact_integers(X, centers)
+    return np.stack([((X_int - c) ** 2).sum(axis=1) for c in centers_int], axis=1).reshape(
+        len(X), len(centers)
+    )
+
+
+def exact_labels(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """The exact argmin of each row's squared distance to the centers, ties to the lowest."""
+    return np.argmin(exact_sq_distances(X, centers), axis=1)
+
+
+def exact_sqdist(X: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row's exact squared distance to its labelled center, rounded once to float64."""
+    values = np.concatenate(
+        [np.asarray(X, np.float64).ravel(), np.asarray(centers, np.float64).ravel()]
+    )
+    denominator = max((Fraction(float(v)).denominator for v in values), default=1)
+    distances = exact_sq_distances(X, centers)
+    return np.array(
+        [float(Fraction(distances[i, j], denominator**2)) for i, j in enumerate(labels)]
+    )

@@ -1,7 +1,6 @@
 """The per-block kernel and the combine against brute-force float64 references."""
 
 import itertools
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,14 +11,6 @@ from hypothesis.extra import numpy as hnp
 from dkmeans import kernel
 from dkmeans.stats import ChunkStats, Farthest, combine
 from tests import reference
-
-# Both ways of forming a tile's scores (see dkmeans.kernel._scores_by_row),
-# whatever the shape would choose: each must match the reference on its own.
-BOTH_LAYOUTS = pytest.mark.parametrize("by_row", [False, True], ids=["by-column", "by-row"])
-
-
-def scores_by_row(by_row: bool):
-    return mock.patch.object(kernel, "_scores_by_row", lambda n_features, n_clusters: by_row)
 
 
 @st.composite
@@ -37,27 +28,25 @@ def integer_blocks(draw, max_rows=120, max_features=5, max_k=9):
     return X, centers, weights, prev
 
 
-@BOTH_LAYOUTS
 @given(
     integer_blocks(),
     st.integers(0, 10**6),
     st.sampled_from([np.int8, np.int16, np.int32, np.int64]).map(np.dtype),
 )
-def test_block_stats_equal_reference_exactly_on_integer_data(by_row, block, row_offset, dtype):
+def test_block_stats_equal_reference_exactly_on_integer_data(block, row_offset, dtype):
     X, centers, weights, prev = block
     k = len(centers)
     if prev is not None:
         prev = prev.astype(dtype)  # as the label stores keep them
-    with scores_by_row(by_row):
-        stats, labels = kernel.block_stats(
-            X,
-            centers,
-            prev_labels=prev,
-            weights=weights,
-            row_offset=row_offset,
-            with_moments=True,
-            label_dtype=dtype,
-        )
+    stats, labels = kernel.block_stats(
+        X,
+        centers,
+        prev_labels=prev,
+        weights=weights,
+        row_offset=row_offset,
+        with_moments=True,
+        label_dtype=dtype,
+    )
     ref_labels, ref_sqdist = reference.assign(X, centers)
     # Labels are argmins, ties to the lowest index: exact on integer data.
     assert labels.dtype == dtype
@@ -83,20 +72,17 @@ def test_block_stats_equal_reference_exactly_on_integer_data(by_row, block, row_
     )
 
 
-@BOTH_LAYOUTS
 @given(integer_blocks(max_rows=300, max_features=40, max_k=80))
-def test_labels_equal_reference_exactly_with_many_centers_and_ties(by_row, block):
+def test_labels_equal_reference_exactly_with_many_centers_and_ties(block):
     """Negative, zero and positive scores, duplicated centers: the lowest index wins."""
     X, centers, _, _ = block
     centers = np.concatenate([centers, centers[::-1]])  # every center twice
-    with scores_by_row(by_row):
-        labels, sqdist = kernel.assign(X, centers)
+    labels, sqdist = kernel.assign(X, centers)
     ref_labels, ref_sqdist = reference.assign(X, centers)
     np.testing.assert_array_equal(labels, ref_labels)
     np.testing.assert_array_equal(sqdist, ref_sqdist)
 
 
-@BOTH_LAYOUTS
 @given(
     hnp.arrays(
         np.float64,
@@ -107,15 +93,14 @@ def test_labels_equal_reference_exactly_with_many_centers_and_ties(by_row, block
     st.sampled_from([np.float32, np.float64]),
     st.integers(0, 2**32 - 1),
 )
-def test_labels_are_argmins_on_arbitrary_floats(by_row, X, k, dtype, seed):
+def test_labels_are_argmins_on_arbitrary_floats(X, k, dtype, seed):
     """On arbitrary floats the GEMM expansion may break near-ties differently:
     the chosen center must still be nearest up to that rounding, and the
     statistics must be exact for the labels chosen."""
     X = X.astype(dtype)
     rng = np.random.default_rng(seed)
     centers = (X[rng.integers(len(X), size=k)] + rng.normal(size=(k, X.shape[1]))).astype(dtype)
-    with scores_by_row(by_row):
-        stats, labels = kernel.block_stats(X, centers)
+    stats, labels = kernel.block_stats(X, centers)
     d = reference.sq_distances(X, centers)
     chosen = d[np.arange(len(X)), labels]
     scale = np.einsum("ij,ij->i", X.astype(np.float64), X.astype(np.float64)) + np.max(
@@ -190,13 +175,11 @@ def test_farthest_select_skips_zero_weight_rows():
     np.testing.assert_array_equal(far.rows, [108, 107, 106])
 
 
-@BOTH_LAYOUTS
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_assign_tiles_give_the_same_labels_as_one_tile(monkeypatch, by_row, dtype):
+def test_assign_tiles_give_the_same_labels_as_one_tile(monkeypatch, dtype):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(5000, 3)).astype(dtype)
     centers = rng.normal(size=(7, 3)).astype(dtype)
-    monkeypatch.setattr(kernel, "_scores_by_row", lambda n_features, n_clusters: by_row)
     whole = kernel.assign(X, centers)
     monkeypatch.setattr(kernel, "_TILE_ELEMENTS", 7 * 33)  # tiles of 33 rows
     tiled = kernel.assign(X, centers)
@@ -218,3 +201,17 @@ def test_chunkstats_combine_of_one_is_itself():
     stats, _ = kernel.block_stats(np.eye(3), np.eye(3))
     assert isinstance(combine([stats], 3), ChunkStats)
     assert combine([stats], 3) is stats
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_row_that_is_not_finite_gives_a_non_finite_objective_not_an_error(dtype, bad):
+    """Later passes do not re-validate X: the caller sees the objective and re-checks the block."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 4, size=(500, 3)).astype(dtype)
+    X[137, 1] = bad
+    centers = X[[0, 1, 2, 3]].copy()
+    centers[137 % 4] = X[0]  # keep the centers finite
+    stats, labels = kernel.block_stats(X, centers, prev_labels=np.zeros(500, np.int64))
+    assert not np.isfinite(stats.objective)
+    assert 0 <= labels.min() and labels.max() < len(centers)

@@ -189,3 +189,31 @@ def test_history_records_every_iteration(blobs):
     assert model.history_[0]["labels_changed"] == len(blobs)
     assert model.history_[-1]["labels_changed"] == 0
     assert all(rec["seconds"] >= 0 for rec in model.history_)
+
+
+def test_on_tied_pixels_labels_are_exact_where_sklearn_rounds():
+    """Pixels stored as k/255 with centers that are pixels: exact ties are common.
+
+    Our labels equal the exact argmin (ties to the lowest index). scikit-learn
+    labels the same rows with the same centers through a GEMM's rounding: every
+    row where it differs is shown, with exact rationals, to be a tie (or a
+    near-tie within that rounding), never a clear mistake of ours.
+    """
+    from sklearn.datasets import load_sample_image
+
+    rng = np.random.default_rng(0)
+    pixels = load_sample_image("china.jpg").reshape(-1, 3)[::5] / 255.0  # 54,656 pixels
+    centers = pixels[rng.choice(len(pixels), 16, replace=False)]
+    ours = KMeans(16, init=centers, max_iter=1).fit(pixels)
+    sk = SKKMeans(16, init=centers, n_init=1, max_iter=1).fit(pixels)
+    # The same assignment for both: every pixel labelled with the pixel-row centers.
+    ours.cluster_centers_ = sk.cluster_centers_ = centers
+    labels, theirs = ours.predict(pixels), sk.predict(pixels)
+    distances = reference.exact_sq_distances(pixels, centers)
+    exact = np.argmin(distances, axis=1)
+    np.testing.assert_array_equal(labels, exact)
+    differ = np.flatnonzero(theirs != exact)  # 32 rows with scikit-learn 1.9 here
+    scale = distances[np.arange(len(pixels)), exact].astype(float).max()
+    gaps = np.array([float(distances[i, theirs[i]] - distances[i, exact[i]]) for i in differ])
+    assert (gaps >= 0).all()  # never nearer than the exact argmin: only ties decided otherwise
+    assert (gaps <= 1e-12 * scale).all(), gaps.max() / scale
