@@ -76,6 +76,12 @@ class KMeans:
     init_sample_size : int, default=None
         Rows k-means++ samples when X is too large to use whole (default
         131072).
+    init_rounds : int, default=3
+        Rounds of k-means|| oversampling; the initialisation reads X
+        ``init_rounds + 1`` times (see :func:`dkmeans.seeding.kmeans_parallel`).
+    init_oversampling : float, default=2.0
+        Candidates k-means|| draws per round, in expectation, as a multiple
+        of ``n_clusters``.
     retries : int, default=2
         How many times a failed task is run again before the fit fails.
         Under dask.distributed these are Dask's task retries (any error, on
@@ -127,6 +133,8 @@ class KMeans:
         split_every: int = 8,
         label_store: str | os.PathLike = "auto",
         init_sample_size: int | None = None,
+        init_rounds: int = 3,
+        init_oversampling: float = 2.0,
         retries: int = 2,
         verbose: bool = False,
     ):
@@ -139,6 +147,8 @@ class KMeans:
         self.split_every = split_every
         self.label_store = label_store
         self.init_sample_size = init_sample_size
+        self.init_rounds = init_rounds
+        self.init_oversampling = init_oversampling
         self.retries = retries
         self.verbose = verbose
 
@@ -256,8 +266,11 @@ class KMeans:
                 rngs=seeding.spawn_generators(seeding.generator(params["random_state"]), n_runs),
                 weights=weights,
                 sample_size=params["init_sample_size"],
+                rounds=params["init_rounds"],
+                oversampling=params["init_oversampling"],
                 split_every=params["split_every"],
                 retries=params["retries"],
+                state=params["label_store"],
             )
         reporter = progress.IterationReporter(n_runs) if params["verbose"] else None
         runs = lloyd.lloyd_runs(

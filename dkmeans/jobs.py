@@ -6,8 +6,9 @@ documented in config/README.md)::
     input:  {path, sample_weight}
     output: {path, overwrite}
     model:  {n_clusters, init, n_init, max_iter, tol, random_state, split_every,
-             init_sample_size, retries}: KMeans' parameters, checked by the
-             estimator's own table (dkmeans.validation.PARAMETERS)
+             init_sample_size, init_rounds, init_oversampling, retries}: KMeans'
+             parameters, checked by the estimator's own table
+             (dkmeans.validation.PARAMETERS)
     dask:   {scheduler, num_workers, n_workers, threads_per_worker, memory_limit,
              dashboard_address, slurm, slurm_jobs}
 

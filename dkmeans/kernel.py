@@ -708,10 +708,15 @@ def block_stats(
 # -- for seeding (dkmeans.seeding): distances and draws in a fixed order ----------------------
 
 
+def float_rows(points: np.ndarray) -> np.ndarray:
+    """``points`` C-contiguous in float32 if they are float32, else float64 (no copy if so)."""
+    dtype = np.float32 if points.dtype == np.float32 else np.float64
+    return np.ascontiguousarray(points, dtype=dtype)
+
+
 def sqdist_to(points: np.ndarray, center: np.ndarray) -> np.ndarray:
     """Squared distance of every row of ``points`` to ``center``, float64, bitwise reproducible."""
-    points = np.ascontiguousarray(points, dtype=np.float64)
-    return _sqdist_to(points, np.ascontiguousarray(center, dtype=np.float64))
+    return _sqdist_to(float_rows(points), np.ascontiguousarray(center, dtype=np.float64))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -723,59 +728,110 @@ def _sqdist_to(points, center):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _trial_values(points, sq_norms, closest, weights, trials, trial_sq, dots, values, potentials):
+def _trial_values(
+    points, norms, closest, weights, trials, trial_sq, dots, rounding, values, potentials
+):  # pragma: no cover - compiled
     """Each trial's ``min(closest_i, ||p_i - t||²)`` and weighted total (see trial_potentials).
 
-    ``dots`` (trials, points) from BLAS give ``||p||² - 2 p·t + ||t||²`` to
-    within ``1.1 (d + 3) u (||p|| + ||t||)²``; a point whose distance certainly
-    exceeds its closest keeps its closest, the others get their direct float64
-    distance. The result is the same as computing every distance directly.
+    ``dots`` (points, trials) from BLAS, in the points' dtype of unit roundoff
+    u, give ``||p||² - 2 p·t + ||t||²`` to within ``1.1 (d + 3) u (||p|| +
+    ||t||)²`` (a dot product's bound, as for labels) plus an underflow term:
+    ``rounding`` is (u, the dtype's smallest normal). A point whose distance
+    certainly exceeds its closest keeps its closest, the others get their
+    direct float64 distance. The result is the same as computing every
+    distance directly.
     """
-    t_count, m = dots.shape
+    m, t_count = dots.shape
     d = points.shape[1]
     relative = 1.01 * (d + 3) * _U64
-    gemm = 1.1 * (d + 3) * _U64
+    gemm = 1.1 * (d + 3) * rounding[0]
+    absolute = 4.0 * (d + 3) * rounding[1]
     weighted = weights.shape[0] == m
-    for t in range(t_count):
-        total = 0.0
-        trial_norm = np.sqrt(trial_sq[t])
-        for i in range(m):
-            estimate = (sq_norms[i] - 2.0 * dots[t, i]) + trial_sq[t]
-            reach = np.sqrt(sq_norms[i]) + trial_norm
-            value = closest[i]
-            if not (estimate - gemm * reach * reach) * (1.0 - relative) > value:
+    sq_norms, point_norms = norms
+    trial_norms = np.sqrt(trial_sq)
+    potentials[:] = 0.0
+    for i in range(m):  # each trial's total still adds the points in order
+        nearest = closest[i]
+        for t in range(t_count):
+            estimate = (sq_norms[i] - 2.0 * np.float64(dots[i, t])) + trial_sq[t]
+            reach = point_norms[i] + trial_norms[t]
+            lower = (estimate - gemm * reach * reach - absolute) * (1.0 - relative)
+            value = nearest
+            if not (lower > nearest and estimate < np.inf):
                 value = min(value, _direct_sqdist(points[i], trials[t]))
             values[t, i] = value
-            total += value * weights[i] if weighted else value
-        potentials[t] = total
+            potentials[t] += value * weights[i] if weighted else value
+
+
+def point_norms(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``||p||²``, ``||p||``) of each row in float64, for :func:`trial_potentials` (any order)."""
+    sq_norms = np.einsum("ij,ij->i", points, points, dtype=np.float64)
+    return sq_norms, np.sqrt(sq_norms)
 
 
 def trial_potentials(
-    points: np.ndarray, closest: np.ndarray, weights: np.ndarray | None, trials: np.ndarray
+    points: np.ndarray,
+    closest: np.ndarray,
+    weights: np.ndarray | None,
+    trials: np.ndarray,
+    norms: tuple[np.ndarray, np.ndarray] | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each trial center t: ``min(closest, ||p - t||²)`` per point, and its weighted sum.
 
-    The step of greedy k-means++: ``points`` (m, d) float64, ``closest`` (m,)
+    The step of greedy k-means++: ``points`` (m, d), ``closest`` (m,)
     each point's squared distance to its nearest chosen center, ``trials``
     (t, d). BLAS filters out the points a trial cannot bring closer (a
     rigorous bound, :func:`_trial_values`); the values and sums are computed
     in a fixed order, so they are bitwise the same on every CPU and BLAS.
+    ``norms`` (:func:`point_norms` of ``points``) and ``out`` (t, m) spare
+    computing and allocating them at every step.
 
     Returns
     -------
     values : ndarray of shape (t, m)
     potentials : ndarray of shape (t,)
     """
-    points = np.ascontiguousarray(points, dtype=np.float64)
-    trials = np.ascontiguousarray(trials, dtype=np.float64)
-    sq_norms = np.einsum("ij,ij->i", points, points)
-    trial_sq = np.einsum("ij,ij->i", trials, trials)
-    dots = trials @ points.T
-    values = np.empty((len(trials), len(points)))
+    points = float_rows(points)  # BLAS in their dtype: float32 is twice as fast
+    trials = np.ascontiguousarray(trials, dtype=points.dtype)
+    norms = point_norms(points) if norms is None else norms
+    trial_sq = np.einsum("ij,ij->i", trials, trials, dtype=np.float64)
+    dots = points @ trials.T  # (m, t): a point's trials side by side
+    info = np.finfo(points.dtype)
+    rounding = (float(info.eps) / 2, float(info.tiny))
+    values = np.empty((len(trials), len(points))) if out is None else out
     potentials = np.empty(len(trials))
     w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
-    _trial_values(points, sq_norms, closest, w, trials, trial_sq, dots, values, potentials)
+    _trial_values(points, norms, closest, w, trials, trial_sq, dots, rounding, values, potentials)
     return values, potentials
+
+
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@numba.njit(nogil=True, cache=True)
+def _splitmix_uniforms(key, row_offset, out):  # pragma: no cover - compiled
+    for i in range(out.shape[0]):
+        z = key + np.uint64(row_offset + i + 1) * _GOLDEN_GAMMA  # wraps modulo 2^64
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+        out[i] = 1.0 - np.float64(z >> np.uint64(11)) * 2.0**-53
+
+
+def row_uniforms(key: np.uint64, row_offset: int, n_rows: int) -> np.ndarray:
+    """Uniforms in (0, 1]: outputs ``row_offset + 1 ..`` of SplitMix64 seeded with ``key``.
+
+    SplitMix64 (Steele, Lea & Flood 2014; the generator that seeds
+    xoshiro) adds a constant to its state at each step and mixes it, so
+    output i is a function of (key, i) alone: any block computes its rows'
+    draws directly. Integer arithmetic only: the same on every CPU.
+    """
+    out = np.empty(int(n_rows))
+    _splitmix_uniforms(np.uint64(key), np.uint64(row_offset), out)
+    return out
 
 
 _LN2 = 0.6931471805599453
@@ -824,3 +880,81 @@ def exponential_race(uniforms: np.ndarray, weights: np.ndarray) -> tuple[float, 
     return _race(
         np.ascontiguousarray(uniforms, np.float64), np.ascontiguousarray(weights, np.float64)
     )
+
+
+@numba.njit(nogil=True, cache=True)
+def _keep_nearer(x, candidates64, nearest, sqdist, new_labels, new_sqdist, pending, expansion):
+    """Each row's nearer of its incumbent candidate and its nearest new one, exactly.
+
+    ``nearest``/``sqdist`` are updated in place. The new candidates come after
+    the incumbents, so a tie keeps the incumbent (the lower index). Direct
+    float64 distances (relative error ``(d + 3) u``) decide almost every row;
+    the others are compared exactly (:func:`dkmeans.exact.compare`), or
+    flagged in ``pending`` where the values are too extreme for that.
+    """
+    n, d = x.shape
+    relative = 1.01 * (d + 3) * _U64
+    absolute = (d + 3) * 2.0**-1070
+    for i in range(n):
+        old, new = nearest[i], new_labels[i]
+        a, b = sqdist[i], new_sqdist[i]
+        if b * (1.0 + relative) + absolute < a * (1.0 - relative) - absolute:
+            take = True
+        elif b * (1.0 - relative) - absolute > a * (1.0 + relative) + absolute:
+            take = False
+        else:
+            sign = exact.compare(x[i], candidates64[new], candidates64[old], expansion)
+            pending[i] = sign == 2
+            take = sign < 0
+        if take:
+            nearest[i] = new
+            sqdist[i] = b
+
+
+def nearer(
+    x: np.ndarray,
+    candidates: np.ndarray,
+    first_new: int,
+    nearest: np.ndarray | None,
+    sqdist: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest candidate and its squared distance, given those among the older ones.
+
+    ``candidates[:first_new]`` are the ones ``nearest``/``sqdist`` (None before
+    any) already account for; the rest are new. Only the distances to the new
+    ones are computed. The result is exactly :func:`assign` of ``x`` to all
+    the candidates: the exact nearest (ties to the lowest index) and its
+    float64 squared distance, features in order.
+
+    Returns
+    -------
+    nearest : ndarray of shape (n,), int32
+    sqdist : ndarray of shape (n,), float64
+    """
+    x = np.ascontiguousarray(x)
+    if first_new >= len(candidates):
+        return nearest, sqdist
+    labels, new_sqdist = assign(x, candidates[first_new:])
+    labels = (labels + first_new).astype(np.int32)
+    if nearest is None:
+        return labels, new_sqdist
+    nearest, sqdist = nearest.astype(np.int32), sqdist.astype(np.float64)
+    candidates64 = np.ascontiguousarray(candidates, dtype=np.float64)
+    pending = np.zeros(len(x), dtype=np.bool_)
+    _keep_nearer(
+        x,
+        candidates64,
+        nearest,
+        sqdist,
+        labels,
+        new_sqdist,
+        pending,
+        np.empty(12 * x.shape[1] + 4),
+    )
+    for i in np.flatnonzero(pending):  # too extreme for the expansions: rationals
+        pair = np.array([nearest[i], labels[i]])
+        choice = np.zeros(1, dtype=np.int64)
+        exact.nearest_in_python(x[i : i + 1], candidates[pair], np.array([0]), choice)
+        if choice[0] == 1:
+            nearest[i], sqdist[i] = labels[i], new_sqdist[i]
+    return nearest, sqdist

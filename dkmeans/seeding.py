@@ -11,20 +11,21 @@ for any scheduler and (k-means|| up to floating-point ties) any chunking.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
 
-from dkmeans import kernel, passes, validation
+from dkmeans import kernel, passes, state, validation
 from dkmeans.passes import Block
 
 # k-means++ on all rows up to this size of X, on a sample of rows above it.
 KMEANS_PLUSPLUS_MAX_BYTES = 256 * 2**20
 DEFAULT_SAMPLE_SIZE = 2**17
 # k-means||: rounds of oversampling, and candidates drawn per round (x k).
-DEFAULT_ROUNDS = 5
-DEFAULT_OVERSAMPLING = 2.0
+DEFAULT_ROUNDS = validation.PARAMETERS["init_rounds"].default
+DEFAULT_OVERSAMPLING = validation.PARAMETERS["init_oversampling"].default
 
 
 def generator(seed) -> np.random.Generator:
@@ -92,12 +93,14 @@ def greedy_kmeans_plusplus(
     w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
-    x64 = points.astype(np.float64, copy=False)
+    rows = kernel.float_rows(points)  # float32 stays: distances are float64 anyway
     centers = np.empty((n_clusters, points.shape[1]), dtype=points.dtype)
     first = rng.choice(m, p=w / w.sum())
     centers[0] = points[first]
-    closest = kernel.sqdist_to(x64, x64[first])
+    closest = kernel.sqdist_to(rows, rows[first])
     potential = kernel.fixed_sum(closest, weights)
+    norms = kernel.point_norms(rows)
+    values = np.empty((n_local_trials, m))  # reused at every step
     for c in range(1, n_clusters):
         if potential <= 0:  # every weighted point already is a center: take any
             candidates = rng.choice(m, size=1, p=w / w.sum())
@@ -105,27 +108,30 @@ def greedy_kmeans_plusplus(
             cumulative = np.cumsum(w * closest)
             targets = rng.uniform(size=n_local_trials) * cumulative[-1]
             candidates = np.minimum(np.searchsorted(cumulative, targets), m - 1)
-        values, potentials = kernel.trial_potentials(x64, closest, weights, x64[candidates])
+        trials = rows[candidates]
+        _, potentials = kernel.trial_potentials(
+            rows, closest, weights, trials, norms, out=values[: len(trials)]
+        )
         best = int(np.argmin(potentials))
-        closest, potential = values[best], potentials[best]
+        closest, potential = values[best].copy(), potentials[best]
         centers[c] = points[candidates[best]]
     return centers
 
 
-def _philox_key(rng: np.random.Generator) -> np.ndarray:
-    """A fresh Philox key (two 64-bit words) drawn from ``rng``."""
-    return rng.integers(0, np.iinfo(np.int64).max, size=2).astype(np.uint64)
+def _draw_key(rng: np.random.Generator) -> np.uint64:
+    """A fresh key for :func:`row_uniforms`, drawn from ``rng``."""
+    return np.uint64(rng.integers(0, 2**64, dtype=np.uint64))
 
 
-def row_uniforms(key: np.ndarray, row_offset: int, n_rows: int) -> np.ndarray:
+def row_uniforms(key: np.uint64, row_offset: int, n_rows: int) -> np.ndarray:
     """Uniform draws in (0, 1] for rows ``row_offset ..``, the same whatever the blocks.
 
-    Row i's draw comes from Philox counter i under ``key``, so a block
-    produces the same numbers for its rows as any other chunking would.
+    Row i's draw is output i of a SplitMix64 generator seeded with ``key``
+    (:func:`dkmeans.kernel.row_uniforms`): a function of the key and i alone,
+    so a block produces the same numbers for its rows as any other chunking
+    would, at about a nanosecond per row.
     """
-    bits = np.random.Philox(key=key)
-    bits.advance(int(row_offset))  # one counter (4 x 64 bits) per row
-    return 1.0 - np.random.Generator(bits).random((n_rows, 4))[:, 0]
+    return kernel.row_uniforms(key, row_offset, n_rows)
 
 
 @dataclass
@@ -149,10 +155,17 @@ class Candidates:
         )
 
 
-def _oversample_task(
-    block: Block, x, weights, *, states, candidates, keys, oversampling, check
-) -> list[Candidates]:
-    """One block of a k-means|| round for each run: its cost, and every row that might be sampled.
+def _round_task(
+    block: Block, x, weights, *, states, candidates, first_new, keys, oversampling, check
+) -> list:
+    """One block of a k-means|| pass, for each run in it: update, then sample or weigh.
+
+    Each run's state (two stores: each row's nearest candidate so far, and its
+    squared distance) takes in the candidates from ``first_new`` on: only the
+    distances to those are computed (:func:`dkmeans.kernel.nearer`). Then a
+    round samples (``keys[r]`` is its run's key of draws; see
+    :class:`Candidates`), and the last pass (``keys[r]`` None) weighs each
+    candidate by the weight of the rows nearest to it.
 
     Row i is sampled when ``u_i * cost < l * w_i * d_i^2`` with the *total*
     cost; the block only knows its own cost, which is smaller, so it keeps
@@ -163,25 +176,33 @@ def _oversample_task(
         validation.check_finite_block(x, block.index, block.start)
         if weights is not None:
             validation.check_weights_block(weights, block.index, block.start)
-    found = []
-    for run_candidates, key in zip(candidates, keys, strict=True):
-        _, sqdist = kernel.assign(x, run_candidates)
+    results = []
+    for run, (run_candidates, first, key) in enumerate(
+        zip(candidates, first_new, keys, strict=True)
+    ):
+        nearest_state, sqdist_state = states[2 * run], states[2 * run + 1]
+        nearest, sqdist = kernel.nearer(
+            x, run_candidates, first, nearest_state.read(), sqdist_state.read()
+        )
+        nearest_state.write(nearest)
+        sqdist_state.write(sqdist)
+        if key is None:  # the last pass: the weight nearest to each candidate
+            mass = np.bincount(nearest, weights=weights, minlength=len(run_candidates))
+            results.append(mass.astype(np.float64))
+            continue
         wd = sqdist if weights is None else sqdist * weights
         cost = kernel.fixed_sum(wd)
         draws = row_uniforms(key, block.start, len(x))
         keep = np.flatnonzero(draws * cost < oversampling * wd)
-        found.append(Candidates(cost, block.start + keep, draws[keep], wd[keep], x[keep]))
-    return found
+        results.append(Candidates(cost, block.start + keep, draws[keep], wd[keep], x[keep]))
+    return results
 
 
-def _weigh_task(block: Block, x, weights, *, states, candidates) -> list[np.ndarray]:
-    """One block's weight nearest to each candidate, for each run."""
-    masses = []
-    for run_candidates in candidates:
-        labels, _ = kernel.assign(x, run_candidates)
-        mass = np.bincount(labels, weights=weights, minlength=len(run_candidates))
-        masses.append(mass.astype(np.float64))
-    return masses
+def _combine_round(parts: list) -> Candidates | np.ndarray:
+    """Candidates of a round combine as such; the last pass's weights add up."""
+    if isinstance(parts[0], Candidates):
+        return Candidates.combine(parts)
+    return sum(parts[1:], parts[0])
 
 
 def _each_run(task, arrays, combine, split_every: int, retries: int, **constants) -> list:
@@ -208,7 +229,7 @@ def _first_centers(
     if weights is None:
         rows = np.array([rng.integers(X.shape[0]) for rng in rngs])
     else:
-        keys = [_philox_key(rng) for rng in rngs]
+        keys = [_draw_key(rng) for rng in rngs]
         winners = _each_run(_race_task, [weights], min, split_every, retries, keys=keys)
         rows = np.array([winner.row for winner in winners])
     taken = _take_rows(X, rows, retries)
@@ -243,63 +264,128 @@ def kmeans_parallel(
     oversampling: float = DEFAULT_OVERSAMPLING,
     split_every: int = 8,
     retries: int = 0,
+    state: str | os.PathLike = "auto",
 ) -> list[np.ndarray]:
     """k-means|| (scalable k-means++, Bahmani et al. 2012): few passes, any size of X.
 
     For each run (one per generator in ``rngs``):
 
     1. One row drawn at random (weighted by ``sample_weight``).
-    2. ``rounds`` passes; each computes every row's squared distance d_i to
-       the candidates so far and samples row i with probability
-       ``min(1, l * w_i * d_i^2 / cost)``, l = ``oversampling`` x k, cost the
-       total of ``w_i * d_i^2`` (about l new candidates per round).
+    2. ``rounds`` passes; each samples row i with probability
+       ``min(1, l * w_i * d_i^2 / cost)``, d_i the distance to the nearest
+       candidate so far, l = ``oversampling`` x k, cost the total of
+       ``w_i * d_i^2`` (about l new candidates per round).
     3. One pass weighs each candidate by the weight of the rows nearest to it.
     4. Weighted greedy k-means++ on the candidates, in memory, picks k.
 
-    The runs share every pass: at most ``rounds + 2`` passes over X
-    (``rounds + 1`` without weights) whatever the number of runs, and each
-    run's centers are the same as if it ran alone. Each row's random draw
-    depends on the seed and its row index only, so the centers are the same
-    under every scheduler and, up to ties in floating point, for every
+    Every row's nearest candidate so far and its squared distance are kept
+    between passes (per-row state: in memory or Zarr, ``state`` as
+    ``KMeans(label_store=...)`` takes it, 12 bytes per row and run), so each
+    pass computes the distances to that round's new candidates only; the
+    nearest is exact, as labels are (:mod:`dkmeans.kernel`).
+
+    The runs share every pass: ``rounds + 1`` passes over X (and one over
+    the weights, for a weighted first row) whatever the number of runs, and
+    each run's centers are the same as if it ran alone. Each row's random
+    draw depends on the seed and its row index only, so the centers are the
+    same under every scheduler and, up to ties in floating point, for every
     chunking of X.
 
     Returns
     -------
     list of ndarray of shape (n_clusters, d), in X's dtype, one per run
     """
+    n_runs = len(rngs)
     candidates = _first_centers(X, rngs, weights, split_every, retries)
-    l_factor = oversampling * n_clusters
-    growing = list(range(len(rngs)))  # runs still sampling
-    for round_ in range(rounds):
-        if not growing:
-            break
-        found = _each_run(
-            _oversample_task,
-            [X, weights],
-            Candidates.combine,
+    stores = _state_stores(state, X.chunks[0], n_runs)
+    try:
+        first_new = [0] * n_runs  # the candidates each run's state does not account for yet
+        l_factor = oversampling * n_clusters
+        growing = list(range(n_runs))  # runs still sampling
+        for round_ in range(rounds):
+            if not growing:
+                break
+            found = _round(
+                X,
+                weights,
+                growing,
+                candidates,
+                first_new,
+                stores,
+                split_every,
+                retries,
+                keys=[_draw_key(rngs[run]) for run in growing],
+                oversampling=l_factor,
+                check=round_ == 0,
+            )
+            for run, run_found in zip(list(growing), found, strict=True):
+                if run_found.cost == 0:  # every row is a candidate already
+                    growing.remove(run)
+                    continue
+                new = run_found.draws * run_found.cost < l_factor * run_found.weighted_sqdist
+                candidates[run] = np.concatenate([candidates[run], run_found.points[new]])
+        for run, rng in enumerate(rngs):
+            if len(candidates[run]) < n_clusters:  # few distinct rows: complete with random ones
+                extra = rng.choice(
+                    X.shape[0], size=n_clusters - len(candidates[run]), replace=False
+                )
+                extra_rows = _take_rows(X, np.sort(extra), retries)
+                candidates[run] = np.concatenate([candidates[run], extra_rows])
+        everyone = list(range(n_runs))
+        masses = _round(
+            X,
+            weights,
+            everyone,
+            candidates,
+            first_new,
+            stores,
             split_every,
             retries,
-            candidates=[candidates[run] for run in growing],
-            keys=[_philox_key(rngs[run]) for run in growing],
+            keys=[None] * n_runs,
             oversampling=l_factor,
-            check=round_ == 0,
+            check=rounds == 0,
         )
-        for run, run_found in zip(list(growing), found, strict=True):
-            if run_found.cost == 0:  # every row is a candidate already
-                growing.remove(run)
-                continue
-            new = run_found.draws * run_found.cost < l_factor * run_found.weighted_sqdist
-            candidates[run] = np.concatenate([candidates[run], run_found.points[new]])
-    for run, rng in enumerate(rngs):
-        if len(candidates[run]) < n_clusters:  # few distinct rows: complete with random ones
-            extra = rng.choice(X.shape[0], size=n_clusters - len(candidates[run]), replace=False)
-            extra_rows = _take_rows(X, np.sort(extra), retries)
-            candidates[run] = np.concatenate([candidates[run], extra_rows])
-    masses = _each_run(_weigh_task, [X, weights], sum, split_every, retries, candidates=candidates)
+    finally:  # the per-row state is not needed after the last pass
+        for run_stores in stores:
+            for store in run_stores:
+                store.discard()
     return [
         greedy_kmeans_plusplus(run_candidates, n_clusters, rng, weights=mass)
         for run_candidates, rng, mass in zip(candidates, rngs, masses, strict=True)
     ]
+
+
+def _round(X, weights, runs, candidates, first_new, stores, split_every, retries, **constants):
+    """One k-means|| pass for ``runs``; their states then account for all their candidates."""
+    results = passes.map_reduce(
+        _round_task,
+        [X, weights],
+        combine=passes.per_run(_combine_round),
+        split_every=split_every,
+        states=[store for run in runs for store in stores[run]],
+        retries=retries,
+        candidates=[candidates[run] for run in runs],
+        first_new=[first_new[run] for run in runs],
+        **constants,
+    )
+    for run in runs:
+        first_new[run] = len(candidates[run])
+    return results
+
+
+def _state_stores(spec, row_chunks, n_runs: int) -> list[tuple[state.RowStore, state.RowStore]]:
+    """Each run's (nearest candidate, squared distance) stores for k-means||.
+
+    As ``label_store`` says: "auto" and "memory" as given; "zarr" or a path, a
+    temporary Zarr array (a path is the labels' own place).
+    """
+    if spec == "auto":  # both stores in the same place
+        n_bytes = n_runs * sum(row_chunks) * (4 + 8)
+        spec = "memory" if n_bytes <= state.MEMORY_LIMIT_BYTES else "zarr"
+    spec = spec if spec == "memory" else "zarr"
+    nearest = state.make_stores(spec, row_chunks, np.int32, n_runs)
+    sqdist = state.make_stores(spec, row_chunks, np.float64, n_runs)
+    return list(zip(nearest, sqdist, strict=True))
 
 
 def initial_centers(
@@ -310,8 +396,11 @@ def initial_centers(
     rngs: list[np.random.Generator],
     weights: da.Array | None = None,
     sample_size: int | None = None,
+    rounds: int = DEFAULT_ROUNDS,
+    oversampling: float = DEFAULT_OVERSAMPLING,
     split_every: int = 8,
     retries: int = 0,
+    state: str | os.PathLike = "auto",
 ) -> list[np.ndarray]:
     """Compute the starting centers of each run (one per generator in ``rngs``).
 
@@ -332,10 +421,15 @@ def initial_centers(
     sample_size : int, optional
         Rows k-means++ works on when X is larger than
         ``KMEANS_PLUSPLUS_MAX_BYTES`` (default ``DEFAULT_SAMPLE_SIZE``).
+    rounds, oversampling : int, float
+        k-means|| rounds, and candidates per round as a multiple of k.
     split_every : int
         Fan-in of the reductions of k-means||.
     retries : int
         See :func:`dkmeans.passes.map_reduce`.
+    state : {"auto", "memory", "zarr"} or path
+        Where k-means|| keeps its per-row state, as ``KMeans(label_store=...)``
+        (a path means a temporary Zarr array: the path is the labels' place).
 
     Returns
     -------
@@ -346,7 +440,15 @@ def initial_centers(
         return [centers for _ in rngs]
     if init == "k-means||":
         return kmeans_parallel(
-            X, n_clusters, rngs=rngs, weights=weights, split_every=split_every, retries=retries
+            X,
+            n_clusters,
+            rngs=rngs,
+            weights=weights,
+            rounds=rounds,
+            oversampling=oversampling,
+            split_every=split_every,
+            retries=retries,
+            state=state,
         )
     if init == "random":
         return _random_rows(X, n_clusters, rngs, weights, retries)

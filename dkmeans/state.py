@@ -160,6 +160,9 @@ class RowStore:
         """The latest values, a lazy dask array chunked like X's rows."""
         raise NotImplementedError
 
+    def discard(self) -> None:
+        """Let go of the values (and of a temporary directory holding them)."""
+
     @property
     def nbytes(self) -> int:
         return sum(self.row_chunks) * self.dtype.itemsize * int(np.prod(self.row_shape))
@@ -189,6 +192,9 @@ class MemoryStore(RowStore):
             raise ValueError("a memory store needs the values its pass returned")
         self._values = written
         super().end_pass(written)
+
+    def discard(self) -> None:
+        self._values = None
 
     def values(self) -> da.Array:
         if self._values is None:
@@ -229,9 +235,10 @@ class ZarrStore(RowStore):
         passes: int = 0,
     ):
         super().__init__(row_chunks, dtype, row_shape)
+        self._temporary: str | None = None
         if array is None:
             if path is None:
-                path = tempfile.mkdtemp(prefix="dkmeans-state-")
+                path = self._temporary = tempfile.mkdtemp(prefix="dkmeans-state-")
                 atexit.register(shutil.rmtree, path, ignore_errors=True)
             array = create_array(os.fspath(path), self.row_chunks, self.dtype, self.row_shape)
         expected = (2, len(self.row_chunks), max(self.row_chunks), *self.row_shape)
@@ -242,6 +249,10 @@ class ZarrStore(RowStore):
             )
         self.array = array
         self.passes = passes
+
+    def discard(self) -> None:
+        if self._temporary is not None:
+            shutil.rmtree(self._temporary, ignore_errors=True)
 
     def _current_buffer(self) -> int | None:
         return self.passes % 2 if self.passes > 0 else None

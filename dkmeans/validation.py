@@ -17,6 +17,7 @@ names the block and the row.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import warnings
@@ -55,6 +56,15 @@ def _non_negative_real(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ParameterTypeError(message)
     if not value >= 0:  # NaN too
+        raise ValueError(message)
+    return float(value)
+
+
+def _positive_real(value, name):
+    message = f"{name} must be a real number > 0, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ParameterTypeError(message)
+    if not 0 < value < math.inf:  # NaN too
         raise ValueError(message)
     return float(value)
 
@@ -142,6 +152,12 @@ PARAMETERS: dict[str, Parameter] = {
     ),
     "init_sample_size": Parameter(
         None, integer_check(1, allow_none=True), "rows k-means++ samples from a large X"
+    ),
+    "init_rounds": Parameter(
+        3, integer_check(1), "k-means|| rounds of oversampling (passes over X: rounds + 1)"
+    ),
+    "init_oversampling": Parameter(
+        2.0, _positive_real, "k-means|| candidates drawn per round, as a multiple of k"
     ),
     "retries": Parameter(
         2, integer_check(0), "times a failed task (distributed) or I/O-failed pass is re-run"

@@ -115,6 +115,23 @@ def test_every_label_is_the_exact_argmin_on_arbitrary_floats(by_row, X, k, dtype
     np.testing.assert_array_equal(hinted, exact)
 
 
+@given(tied_problems(), st.lists(st.integers(1, 5), min_size=1, max_size=4))
+def test_nearest_candidate_kept_across_rounds_is_the_exact_argmin(problem, round_sizes):
+    """k-means|| keeps each row's nearest candidate and adds a round's new ones at a time
+    (kernel.nearer): the same as labelling with all the candidates at once, exactly."""
+    X, candidates = problem
+    nearest = sqdist = None
+    first = 0
+    for size in round_sizes:
+        stop = min(first + size, len(candidates))
+        nearest, sqdist = kernel.nearer(X, candidates[:stop], first, nearest, sqdist)
+        first = stop
+    exact = reference.exact_labels(X, candidates[:first])
+    np.testing.assert_array_equal(nearest, exact)
+    _, direct = kernel.assign(X, candidates[:first])  # and its distances bitwise
+    np.testing.assert_array_equal(sqdist, direct)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_extreme_magnitudes_are_decided_exactly(dtype):
     """Values whose squares overflow the dtype, or whose differences underflow float64's
@@ -125,6 +142,8 @@ def test_extreme_magnitudes_are_decided_exactly(dtype):
     centers = np.array([[big, tiny], [0.0, 0.0], [-big, big], [big, 0.0]], dtype=dtype)
     labels, _ = kernel.assign(X, centers)
     np.testing.assert_array_equal(labels, reference.exact_labels(X, centers))
+    nearest, _ = kernel.nearer(X, centers, 1, *kernel.nearer(X, centers[:1], 0, None, None))
+    np.testing.assert_array_equal(nearest, reference.exact_labels(X, centers))
 
 
 def test_a_fit_labels_every_row_with_its_exact_nearest_final_center():

@@ -31,6 +31,8 @@ BAD = {
     "split_every": (2.0, 1),
     "label_store": (3, None),
     "init_sample_size": (1.5, 0),
+    "init_rounds": (2.0, 0),
+    "init_oversampling": ("2", float("inf")),
     "retries": (0.5, -1),
     "verbose": ("yes", -1),
 }
