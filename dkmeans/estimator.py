@@ -26,6 +26,23 @@ def _is_lazy(X: Any) -> bool:
     return isinstance(X, da.Array | zarr.Array | str | os.PathLike)
 
 
+def _initial_centers(data, weights, n_clusters: int, n_runs: int, params: dict) -> list:
+    """Each run's initial centers, as the (checked) parameters ask."""
+    return seeding.initial_centers(
+        data,
+        n_clusters,
+        params["init"],
+        rngs=seeding.spawn_generators(seeding.generator(params["random_state"]), n_runs),
+        weights=weights,
+        sample_size=params["init_sample_size"],
+        rounds=params["init_rounds"],
+        oversampling=params["init_oversampling"],
+        split_every=params["split_every"],
+        retries=params["retries"],
+        state=params["label_store"],  # k-means|| keeps its per-row state where labels go
+    )
+
+
 class KMeans:
     """Exact k-means clustering (Lloyd's algorithm) for data larger than memory.
 
@@ -259,19 +276,7 @@ class KMeans:
             return self._set_result(workspace.result)
         centers = None
         if workspace.states is None:  # a new fit (else: continued from the checkpoint)
-            centers = seeding.initial_centers(
-                data,
-                k,
-                params["init"],
-                rngs=seeding.spawn_generators(seeding.generator(params["random_state"]), n_runs),
-                weights=weights,
-                sample_size=params["init_sample_size"],
-                rounds=params["init_rounds"],
-                oversampling=params["init_oversampling"],
-                split_every=params["split_every"],
-                retries=params["retries"],
-                state=params["label_store"],
-            )
+            centers = _initial_centers(data, weights, k, n_runs, params)
         reporter = progress.IterationReporter(n_runs) if params["verbose"] else None
         runs = lloyd.lloyd_runs(
             data,

@@ -24,7 +24,10 @@ def test_there_are_four_notebooks_committed_without_outputs():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom(path, tmp_path):
+def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
+    # The notebooks keep their data in tempfile.mkdtemp() directories (for the reader to
+    # look at); under the test, the kernel's temporary directory is pytest's, cleaned up.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook,
