@@ -357,13 +357,13 @@ def kmeans_parallel(
 
 def _round(X, weights, runs, candidates, first_new, stores, split_every, retries, **constants):
     """One k-means|| pass for ``runs``; their states then account for all their candidates."""
-    results = passes.map_reduce(
+    results = _each_run(
         _round_task,
         [X, weights],
-        combine=passes.per_run(_combine_round),
-        split_every=split_every,
-        states=[store for run in runs for store in stores[run]],
-        retries=retries,
+        _combine_round,
+        split_every,
+        retries,
+        states=[store for run in runs for store in stores[run]],  # map_reduce's state stores
         candidates=[candidates[run] for run in runs],
         first_new=[first_new[run] for run in runs],
         **constants,
