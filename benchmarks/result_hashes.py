@@ -2,6 +2,7 @@
 
     python benchmarks/result_hashes.py            # prints one line per fit
     python benchmarks/result_hashes.py --json F   # also writes them to F
+    python benchmarks/result_hashes.py --algorithm lloyd   # every fit with that algorithm
 
 Each line names a fit and gives short SHA-256 digests of its centers, labels,
 inertia and history (objective, labels changed, center shift, re-seeded: not
@@ -156,7 +157,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the digests to this file")
     parser.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster fit")
+    parser.add_argument(
+        "--algorithm", help="KMeans(algorithm=...) for every fit (versions that have it)"
+    )
     args = parser.parse_args(argv)
+    if args.algorithm:
+        estimator = dkmeans.KMeans
+        dkmeans.KMeans = lambda *a, **kw: estimator(*a, algorithm=args.algorithm, **kw)
     results = {}
     with tempfile.TemporaryDirectory(prefix="dkmeans-hashes-") as workdir:
         for name, fit in fits(workdir):

@@ -17,13 +17,21 @@ at PATH, which becomes the result group when the fit ends::
       history/                attrs["dkmeans_complete"] = True, then checkpoint/ removed
 
 Why it is safe to kill at any moment: pass t reads label buffer t % 2 and
-writes (t + 1) % 2; the new centers go to centers buffer (t + 1) % 2; only
-then is ``attrs["state"]`` rewritten, in one write of one small document
-(Zarr's local store writes through a temporary file and a rename, object
-stores replace whole objects). Until that write the saved state still points
-at the buffers of iteration t, which nothing has touched. Continuing repeats
-the interrupted pass with the same inputs, so it ends with bitwise the same
+writes (t + 1) % 2; the new centers go to the other centers buffer than the
+saved state's (``centers_buffer`` in its record); only then is
+``attrs["state"]`` rewritten, in one write of one small document (Zarr's
+local store writes through a temporary file and a rename, object stores
+replace whole objects). Until that write the saved state still points at the
+buffers of iteration t, which nothing has touched. Continuing repeats the
+interrupted pass with the same inputs, so it ends with bitwise the same
 centers as a run never interrupted.
+
+A bounded fit (:mod:`dkmeans.bounded`) is saved only where every run's next
+pass is a full one, after its active labels were written into the label
+buffer the last full pass wrote (in place: rewriting them is idempotent, and
+the saved state's buffer is the other one). Its record also holds the label
+store's pass count and the margin of that full pass, so continuing repeats
+the same full pass, the same split, and everything after it bitwise.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from dkmeans import results, state
+from dkmeans import results, state, validation
 from dkmeans.errors import CheckpointMismatchError
 from dkmeans.lloyd import LloydState
 
@@ -52,12 +60,15 @@ def fingerprint(
     n_init: int,
     split_every: int,
     tol: float,
+    algorithm: str = "lloyd",
 ) -> dict[str, Any]:
     """What must be equal for a saved fit to continue bitwise as the same fit.
 
     The row chunking fixes the reduction tree (and so the rounding of every
     sum); ``max_iter`` may change between runs (to run longer), the
     initialisation parameters do not matter once the initial centers are saved.
+    The algorithm is recorded only when it is "bounded" (whose sums are grouped
+    otherwise), so checkpoints of plain Lloyd fits from before it existed match.
     """
     chunks = ",".join(map(str, X.chunks[0])).encode()
     return {
@@ -70,7 +81,7 @@ def fingerprint(
         "n_init": n_init,
         "split_every": split_every,
         "tol": tol,
-    }
+    } | ({"algorithm": algorithm} if algorithm != "lloyd" else {})
 
 
 def check_fingerprint(saved: dict, now: dict, path: str | os.PathLike) -> None:
@@ -119,7 +130,8 @@ class Checkpoint(Workspace):
     def __init__(self, group: zarr.Group, stores: list[state.RowStore]):
         super().__init__(stores)
         self.group = group
-        self._centers_written: dict[int, int] = {}  # run -> n_iter of its latest centers write
+        # run -> (n_iter, buffer) of its latest centers write
+        self._centers_written: dict[int, tuple[int, int]] = {}
 
     @classmethod
     def create(cls, path, X: da.Array, *, n_clusters, n_runs, labels_dtype, attrs) -> Checkpoint:
@@ -173,24 +185,31 @@ class Checkpoint(Workspace):
         checkpoint = cls(group, stores)
         if saved is not None:
             checkpoint.states = states
-            checkpoint._centers_written = {run: s.n_iter for run, s in enumerate(states)}
+            checkpoint._centers_written = {
+                run: (s.n_iter, _centers_buffer(record))
+                for run, (s, record) in enumerate(zip(states, records, strict=True))
+            }
         return checkpoint
 
     def save(self, states: list[LloydState]) -> None:
         """Save every run's state after a pass (or the initial centers)."""
         state_group = self.group[results.UNFINISHED]
+        records = []
         for run, run_state in enumerate(states):
-            # A run that has stopped keeps its centers: no rewrite of the buffer in use.
-            if self._centers_written.get(run) != run_state.n_iter:
-                centers = state_group[_run_name(run)]["centers"]
-                centers[run_state.n_iter % 2] = run_state.centers
-                self._centers_written[run] = run_state.n_iter
+            # A run that has stopped keeps its centers: no rewrite of the buffer in use;
+            # new centers go to the buffer the saved state does not point at.
+            written_at, buffer = self._centers_written.get(run, (None, 1))
+            if written_at != run_state.n_iter:
+                buffer = 1 - buffer
+                state_group[_run_name(run)]["centers"][buffer] = run_state.centers
+                self._centers_written[run] = (run_state.n_iter, buffer)
+            records.append({**_record(run_state), "centers_buffer": buffer})
         # What `dkmeans info` shows of an unfinished fit: the run lowest so far.
         leader = min(states, key=lambda s: s.last_objective)
         document = {
             "n_iter": max(s.n_iter for s in states),
             "history": leader.history,
-            "runs": [_record(s) for s in states],
+            "runs": records,
         }
         state_group.attrs["state"] = results.jsonable(document)  # the commit point
 
@@ -231,6 +250,7 @@ def open_workspace(
         n_init=n_runs,
         split_every=params["split_every"],
         tol=params["tol"],
+        algorithm=validation.resolve_algorithm(params["algorithm"]),
     )
     found = results.status(checkpoint) if resume else "absent"
     if found == "complete":
@@ -260,12 +280,18 @@ def _record(run_state: LloydState) -> dict[str, Any]:
         "exact_final": run_state.exact_final,
         "inertia": run_state.inertia,
         "final_pass": run_state.final_pass,
+        "label_writes": run_state.label_writes,
+        "next_margin": run_state.next_margin,
     }
+
+
+def _centers_buffer(record: dict[str, Any]) -> int:
+    return record.get("centers_buffer", record["n_iter"] % 2)
 
 
 def _state(record: dict[str, Any], centers: zarr.Array) -> LloydState:
     return LloydState(
-        centers=np.asarray(centers[record["n_iter"] % 2]),
+        centers=np.asarray(centers[_centers_buffer(record)]),
         n_iter=record["n_iter"],
         history=record["history"],
         tol_abs=record["tol_abs"],
@@ -273,6 +299,8 @@ def _state(record: dict[str, Any], centers: zarr.Array) -> LloydState:
         exact_final=record["exact_final"],
         inertia=record["inertia"],
         final_pass=record["final_pass"],
+        label_writes=record.get("label_writes"),
+        next_margin=record.get("next_margin"),
     )
 
 

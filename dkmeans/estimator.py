@@ -57,9 +57,10 @@ class KMeans:
         Number of clusters, k.
     init : {"k-means||", "k-means++", "random"} or array of shape \
             (n_clusters, n_features), default="k-means||"
-        "k-means||": scalable k-means++ (Bahmani et al., 2012), 5 rounds of
-        oversampling (2k candidates each) then weighted greedy k-means++ on
-        the candidates; at most 7 passes over X, whatever its size.
+        "k-means||": scalable k-means++ (Bahmani et al., 2012),
+        ``init_rounds`` rounds of oversampling (``init_oversampling`` x k
+        candidates each) then weighted greedy k-means++ on the candidates;
+        ``init_rounds + 1`` passes over X, whatever its size.
         "k-means++": greedy k-means++ in memory, on all rows when X takes at
         most 256 MiB, else on a uniform sample of ``init_sample_size`` rows.
         "random": k distinct rows drawn uniformly (weighted by
@@ -78,6 +79,14 @@ class KMeans:
         Stop when the total squared shift of the centers in one iteration is
         at most ``tol`` times the mean variance of the features
         (scikit-learn's meaning). The fit also stops when no label changes.
+    algorithm : {"auto", "lloyd", "bounded"}, default="auto"
+        "lloyd": every iteration reads and assigns every row. "bounded": the
+        same labels every iteration (so the same iterations and stop), but
+        once the clusters settle an iteration reads only the rows whose
+        label can still change, kept in memory beside the blocks they came
+        from (:mod:`dkmeans.bounded`); centers and inertia equal "lloyd"'s
+        to rounding (sums are grouped differently). "auto": "bounded", which
+        itself falls back to plain passes where an active set would not pay.
     random_state : int, numpy Generator or RandomState, default=None
         Seeds the initialisation.
     split_every : int, default=8
@@ -128,7 +137,8 @@ class KMeans:
         One record per iteration: ``iteration``, ``objective`` (of that
         iteration's labels w.r.t. its starting centers), ``labels_changed``,
         ``center_shift`` (total squared shift), ``reseeded`` (empty clusters
-        re-seeded) and ``seconds``.
+        re-seeded) and ``seconds``; with the bounded algorithm also ``pass``
+        ("full" or "active"), ``rows_read`` and ``rows_assigned``.
     n_features_in_ : int
         Number of columns of X.
 
@@ -146,6 +156,7 @@ class KMeans:
         n_init: str | int = "auto",
         max_iter: int = 300,
         tol: float = 1e-4,
+        algorithm: str = "auto",
         random_state: int | np.random.Generator | np.random.RandomState | None = None,
         split_every: int = 8,
         label_store: str | os.PathLike = "auto",
@@ -160,6 +171,7 @@ class KMeans:
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
+        self.algorithm = algorithm
         self.random_state = random_state
         self.split_every = split_every
         self.label_store = label_store
@@ -288,6 +300,7 @@ class KMeans:
             tol=params["tol"],
             split_every=params["split_every"],
             retries=params["retries"],
+            algorithm=validation.resolve_algorithm(params["algorithm"]),
             on_pass=workspace.save,
             on_iteration=reporter,
         )

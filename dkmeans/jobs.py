@@ -5,7 +5,7 @@ documented in config/README.md)::
 
     input:  {path, sample_weight}
     output: {path, overwrite}
-    model:  {n_clusters, init, n_init, max_iter, tol, random_state, split_every,
+    model:  {n_clusters, init, n_init, max_iter, tol, algorithm, random_state, split_every,
              init_sample_size, init_rounds, init_oversampling, retries}: KMeans'
              parameters, checked by the estimator's own table
              (dkmeans.validation.PARAMETERS)

@@ -291,6 +291,40 @@ def _certify(x, centers64, dots_t, centers_sq, labels, best, second, flagged, a,
     return slow
 
 
+# -- distance bounds (for the bounded Lloyd, dkmeans.bounded) ---------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def _row_bounds(x, labels, centers64, best, second, flagged, two_e, up, low):  # pragma: no cover
+    """Each row's distance bounds: ``up >= d(x, c_label)``, ``low <= d(x, c_j)`` (j != label).
+
+    From what the fast path left: a row it certified has ``label`` = its best
+    score's center, and every other center's exact score is at least the
+    second-best score minus E(x) (:func:`_score_error`), so with the exact
+    ``d_a² = ||x||² + σ_a`` and ``σ_a <= best + E``,
+    ``d_j² >= d_a² + (second - best) - 2E``; ``two_e`` is the tile's margin,
+    at least 2E for every row of the tile. ``d_a²`` is computed directly
+    (relative error ``(d + 3) u``); every rounding after is taken outward. A
+    row the fast path could not certify gets ``lower = 0`` (no claim).
+    """
+    n, d = x.shape
+    k = centers64.shape[0]
+    relative = 1.01 * (d + 3) * _U64
+    absolute = (d + 3) * 2.0**-1070
+    for i in range(n):
+        own_sq = _direct_sqdist(x[i], centers64[labels[i]])
+        up[i] = np.sqrt(own_sq * (1.0 + relative) + absolute) * (1.0 + 2.0 * _U64)
+        if k == 1:
+            low[i] = np.inf
+            continue
+        if flagged[i]:
+            low[i] = 0.0
+            continue
+        gap = (np.float64(second[i]) - np.float64(best[i])) * (1.0 - 2.0 * _U64)
+        lower_sq = (own_sq * (1.0 - relative) - absolute + gap - two_e) * (1.0 - 4.0 * _U64)
+        low[i] = np.sqrt(lower_sq) * (1.0 - 2.0 * _U64) if lower_sq > 0.0 else 0.0
+
+
 # -- statistics, in a fixed order -------------------------------------------------------------
 
 
@@ -420,6 +454,7 @@ def _tile_pass(
         norm_bound = _norm_bound(tile, largest)
         block_bound[0] = max(block_bound[0], norm_bound)
     margin = 2.0 * (bound[0] + bound[1] * norm_bound) * (1.0 + 4.0 * _U64)
+    block_bound[1] = margin  # the tile's: what a certified row's best leads its second by
     slow = 0
     if centers64.shape[0] > 1 and _uncertain(best[:m], second[:m], margin, flagged[:m]) > 0:
         scores = dots.T if by_row else dots
@@ -503,21 +538,22 @@ class _Tiles:
             np.zeros(self.step, dtype=np.bool_),  # pending
             np.empty(12 * d + 4),  # expansion
             np.empty(d),  # each feature's largest |x| in the tile
-            np.zeros(1),  # the largest bound on row norms over the tiles
+            np.zeros(2),  # the largest bound on row norms over the tiles; the last tile's margin
         )
         # The block's sums, weights and deviations (unused for labels only).
         self.with_stats = with_stats
         shape = (k, d) if with_stats else (0, d)
         self.block = (np.zeros(shape), np.zeros(shape[0]), np.zeros(shape))
 
-    def run(self, x, labels, hint, weights, norm_bound: float | None = None) -> tuple:
+    def run(self, x, labels, hint, weights, norm_bound: float | None = None, bounds=None) -> tuple:
         """Exact labels of a block's rows, written to ``labels`` (and its statistics).
 
         ``hint``: the rows' previous labels (or empty), which make the fast path
         cheaper where they still hold and count the labels that changed; the
         labels do not depend on them. ``norm_bound``: at least every row's norm
-        (found from the rows if not given). Returns (slow rows, labels changed,
-        the norm bound used).
+        (found from the rows if not given). ``bounds``: (upper, lower) arrays
+        that receive each row's distance bounds (:func:`_row_bounds`). Returns
+        (slow rows, labels changed, the norm bound used).
         """
         n = len(x)
         k = len(self.centers)
@@ -552,6 +588,19 @@ class _Tiles:
                 if left:  # exponents too extreme for the expansions
                     tile_changed = self._decide_in_python(
                         tile, labels[start:stop], tile_hint, tile_weights
+                    )
+                if bounds is not None:
+                    best, second, flagged = self.work[:3]
+                    _row_bounds(
+                        tile,
+                        labels[start:stop],
+                        self.centers64,
+                        best[:m],
+                        second[:m],
+                        flagged[:m],
+                        self.work[6][1],
+                        bounds[0][start:stop],
+                        bounds[1][start:stop],
                     )
                 slow += tile_slow
                 changed += tile_changed
@@ -634,6 +683,7 @@ def block_stats(
     with_moments: bool = False,
     label_dtype: DTypeLike = np.int64,
     norm_bound: float | None = None,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[ChunkStats, np.ndarray]:
     """One block's share of a Lloyd pass: labels and partial statistics.
 
@@ -662,6 +712,10 @@ def block_stats(
         At least the norm of every row of ``x`` (the ``norm_bound`` of an
         earlier pass over the same data): spares finding it. Labels do not
         depend on it, as long as it is a bound.
+    bounds : (ndarray, ndarray) of shape (n,) each, float64, optional
+        Receive each row's upper bound on the distance to its center and
+        lower bound on the distance to every other center (rigorous, for
+        exact distances of the stored values).
 
     Returns
     -------
@@ -678,7 +732,7 @@ def block_stats(
     labels = np.empty(len(x), dtype=label_dtype)
     w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
     slow, changed, used = tiles.run(
-        x, labels, previous.astype(label_dtype, copy=False), w, norm_bound
+        x, labels, previous.astype(label_dtype, copy=False), w, norm_bound, bounds
     )
     sums, cluster_weights, deviations = tiles.block
     # A cluster empty over all of X is empty in every block, so the number of
@@ -703,6 +757,126 @@ def block_stats(
         norm_bound=used,
     )
     return stats, labels
+
+
+# -- for the bounded Lloyd (dkmeans.bounded): compact rows, bounds, slack --------------------
+
+
+def assign_with_bounds(
+    x: np.ndarray, centers: Centers, hint: np.ndarray, label_dtype: DTypeLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact labels of rows (C-contiguous) and their distance bounds (see :func:`_row_bounds`).
+
+    Returns (labels, upper, lower): ``upper >= d(x, c_label)`` and
+    ``lower <= d(x, c_j)`` for every other center j, for exact distances.
+    """
+    tiles = _Tiles(x, centers, with_stats=False)
+    labels = np.empty(len(x), dtype=label_dtype)
+    upper, lower = np.empty(len(x)), np.empty(len(x))
+    tiles.run(x, labels, hint.astype(label_dtype, copy=False), np.empty(0), None, (upper, lower))
+    return labels, upper, lower
+
+
+def cluster_sums(
+    x: np.ndarray,
+    labels: np.ndarray,
+    centers64: np.ndarray,
+    weights: np.ndarray,
+    previous: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Per-cluster sums, weights, objective and labels changed of rows, in a fixed order.
+
+    As a block's statistics are gathered (:func:`_accumulate`): rows in
+    order; ``weights`` empty means all ones, ``previous`` empty means no
+    labels before. Returns (sums (k, d), weights (k,), objective, changed).
+    """
+    k, d = centers64.shape
+    block = (np.zeros((k, d)), np.zeros(k), np.zeros((k, d)))
+    changed = _accumulate(x, labels, previous, centers64, weights, block)
+    return block[0], block[1], float(_sequential_sum(block[2])), int(changed)
+
+
+@numba.njit(nogil=True, cache=True)
+def row_sqdist(x, labels, centers64):  # pragma: no cover - compiled
+    """Each row's squared distance to its labelled center, float64, features in order."""
+    out = np.empty(x.shape[0])
+    _row_sqdist(x, labels, centers64, out)
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def hamerly_filter(x, labels, upper, lower, step, other, centers64, suspects):  # pragma: no cover
+    """Move each row's bounds by the centers' steps; collect the rows whose label may change.
+
+    ``upper`` grows by the step of the row's center and ``lower`` shrinks by
+    ``other[label]``, the largest step of another center (both rounded
+    outward, in place). A row with ``upper < lower`` certainly keeps its label;
+    for the others ``upper`` is tightened to the directly computed distance,
+    and those still not certain are written to ``suspects``. Returns their count.
+    """
+    n, d = x.shape
+    relative = 1.01 * (d + 3) * _U64
+    absolute = (d + 3) * 2.0**-1070
+    count = 0
+    for i in range(n):
+        a = labels[i]
+        up = (upper[i] + step[a]) * (1.0 + 4.0 * _U64)
+        low = max((lower[i] - other[a]) * (1.0 - 4.0 * _U64), 0.0)
+        if not up < low:
+            own_sq = _direct_sqdist(x[i], centers64[a])
+            up = np.sqrt(own_sq * (1.0 + relative) + absolute) * (1.0 + 2.0 * _U64)
+            if not up < low:
+                suspects[count] = i
+                count += 1
+        upper[i] = up
+        lower[i] = low
+    return count
+
+
+@numba.njit(nogil=True, cache=True)
+def moved_totals(x, weights, rows, old, new, reference64, sums, totals):  # pragma: no cover
+    """Add the moves of ``rows`` (labels ``old`` -> ``new``) to a cluster's sums and weights.
+
+    Rows in order, element-wise over the features. Returns the change of
+    ``Σ w ||x - c0_label||²`` (``reference64``: the centers c0), each row's
+    squared distances summed over its features in order.
+    """
+    weighted = weights.shape[0] == x.shape[0]
+    change = 0.0
+    for i in rows:
+        a, b = old[i], new[i]
+        if a == b:
+            continue
+        w = weights[i] if weighted else 1.0
+        for f in range(x.shape[1]):
+            value = w * np.float64(x[i, f])
+            sums[a, f] -= value
+            sums[b, f] += value
+        totals[a] -= w
+        totals[b] += w
+        change += w * (_direct_sqdist(x[i], reference64[b]) - _direct_sqdist(x[i], reference64[a]))
+    return change
+
+
+SLACK_BINS = 2048  # histogram bins of slack: 0 for slack <= 0, then by binary exponent
+
+
+@numba.njit(nogil=True, cache=True)
+def slack_summary(labels, slack, frozen, minima, histogram):  # pragma: no cover - compiled
+    """Per cluster, the least slack of its frozen rows (into ``minima``); every row's slack binned.
+
+    Bin 0 holds slack <= 0; bin ``e + 1022`` slack in ``[2^(e-1), 2^e)``
+    (subnormals in bin 1, infinity in the last).
+    """
+    for i in range(labels.shape[0]):
+        value = slack[i]
+        if frozen[i] and value < minima[labels[i]]:
+            minima[labels[i]] = value
+        if not value > 0.0:
+            histogram[0] += 1
+        else:
+            biased = (np.float64(value).view(np.int64) >> 52) & 0x7FF  # frexp's exponent + 1022
+            histogram[min(max(biased, 1), SLACK_BINS - 1)] += 1
 
 
 # -- for seeding (dkmeans.seeding): distances and draws in a fixed order ----------------------

@@ -74,10 +74,14 @@ def lloyd_block(
     label_dtype: np.dtype,
     first_pass: bool,
     norm_bound: float | None = None,
-) -> list[ChunkStats]:
+    with_bounds: bool = False,
+) -> list:
     """One block of one pass for every run: each run's statistics; each run's labels written.
 
     The block is read once and assigned to each run's centers in turn.
+    ``with_bounds`` (the bounded Lloyd's full pass): each run's entry is
+    (statistics, labels, upper, lower), the last two each row's distance
+    bounds (:func:`dkmeans.kernel.block_stats`).
     """
     if first_pass:  # the data do not change: checking them once is enough
         validation.check_finite_block(x, block.index, block.start)
@@ -85,6 +89,7 @@ def lloyd_block(
             validation.check_weights_block(weights, block.index, block.start)
     results = []
     for run, (run_centers, labels_state) in enumerate(zip(centers, states, strict=True)):
+        bounds = (np.empty(len(x)), np.empty(len(x))) if with_bounds else None
         block_stats, labels = kernel.block_stats(
             x,
             run_centers,
@@ -94,13 +99,14 @@ def lloyd_block(
             with_moments=first_pass and run == 0,  # the same for every run
             label_dtype=label_dtype,
             norm_bound=norm_bound,
+            bounds=bounds,
         )
         if not first_pass and not np.isfinite(block_stats.objective):
             # The block was finite in the first pass: this read returned other
             # data (storage fault). Name the block and row rather than go on.
             validation.check_finite_block(x, block.index, block.start)
         labels_state.write(labels)
-        results.append(block_stats)
+        results.append((block_stats, labels, *bounds) if with_bounds else block_stats)
     return results
 
 
@@ -225,10 +231,14 @@ class LloydState:
     exact_final: bool = False  # did the last update leave the centers unchanged?
     inertia: float | None = None  # objective of the final labels, once known
     final_pass: bool = False  # did an assignment-only pass follow the stop?
+    label_writes: int | None = None  # the label store's passes, where not one per pass (bounded)
+    next_margin: float | None = None  # the bounded algorithm's margin for its next (full) pass
 
     @property
     def label_passes(self) -> int:
         """Passes whose labels the run's label store has received."""
+        if self.label_writes is not None:
+            return self.label_writes
         return self.n_iter + int(self.final_pass)
 
     @property
@@ -292,6 +302,8 @@ def lloyd_runs(
     states: list[LloydState] | None = None,
     on_pass: Callable[[list[LloydState]], None] | None = None,
     retries: int = 0,
+    algorithm: str = "lloyd",
+    margin_rule: Callable | None = None,
 ) -> list[LloydResult]:
     """Run one or more Lloyd runs (restarts) at once, sharing every pass over X.
 
@@ -329,6 +341,14 @@ def lloyd_runs(
         saw ends bitwise as if never stopped).
     retries : int
         See :func:`dkmeans.passes.map_reduce`.
+    algorithm : {"lloyd", "bounded"}
+        "lloyd": every pass reads and assigns every row. "bounded": the same
+        labels every iteration, reading only the rows that can change
+        (:mod:`dkmeans.bounded`); ``on_pass`` is then called only where the
+        label stores hold every run's latest labels.
+    margin_rule : callable, optional
+        The bounded algorithm's margin rule (for tests; see
+        :func:`dkmeans.bounded.bounded_runs`).
 
     Returns
     -------
@@ -338,6 +358,26 @@ def lloyd_runs(
     states = _starting_states(X, init_centers, states, stores, max_iter)
     if fresh and on_pass is not None:
         on_pass(states)  # the initial centers: a fit killed from here on need not seed again
+    if algorithm == "bounded":
+        from dkmeans import bounded  # it builds on this module
+
+        rule = {} if margin_rule is None else {"margin_rule": margin_rule}
+        bounded.bounded_runs(
+            X,
+            states,
+            stores=stores,
+            weights=weights,
+            max_iter=max_iter,
+            tol=tol,
+            split_every=split_every,
+            retries=retries,
+            on_iteration=on_iteration,
+            on_pass=on_pass,
+            **rule,
+        )
+        if on_pass is not None:
+            on_pass(states)
+        return _results(states)
     norm_bound = None  # found by the first pass of this call, for the next ones
     while active := [run for run, state in enumerate(states) if state.inertia is None]:
         iteration = states[active[0]].n_iter
@@ -371,6 +411,10 @@ def lloyd_runs(
         if on_iteration is not None:
             for run, record in records.items():
                 on_iteration(run, record)
+    return _results(states)
+
+
+def _results(states: list[LloydState]) -> list[LloydResult]:
     return [
         LloydResult(
             centers=state.centers,

@@ -26,10 +26,13 @@ _bars_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("dkmeans_ba
 def format_record(record: dict) -> str:
     """One iteration's history record as one line (prefixed by its run, with n_init > 1)."""
     run = f"run {record['run']:2d}  " if "run" in record else ""
+    rows = ""
+    if "pass" in record:  # a bounded fit's
+        rows = f"  {record['pass']:>6} pass, read {record['rows_read']:>10d}"
     return (
         f"{run}iter {record['iteration']:4d}  objective {record['objective']:.10g}  "
         f"changed {record['labels_changed']:>10d}  shift {record['center_shift']:.3e}  "
-        f"{record['seconds']:.2f}s"
+        f"{record['seconds']:.2f}s{rows}"
     )
 
 

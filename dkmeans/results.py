@@ -7,6 +7,7 @@ end, by a checkpointed fit in its own group)::
       centers               (k, d), X's dtype
       labels                (n,), chunked like X's rows
       history/              one float64 array per column of HISTORY_COLUMNS
+                            (and of BOUNDED_COLUMNS for a bounded fit)
       attrs:  params, input, versions, inertia, n_iter, converged, stop_reason,
               n_features_in, n_samples (and a checkpointed fit's fingerprint),
               then COMPLETE_ATTR = True, written last
@@ -37,6 +38,9 @@ from dkmeans.errors import InputNotFoundError
 COMPLETE_ATTR = "dkmeans_complete"
 UNFINISHED = "checkpoint"  # the member holding an unfinished fit's state
 HISTORY_COLUMNS = ("objective", "labels_changed", "center_shift", "reseeded", "seconds")
+# Columns of a bounded fit's history (dkmeans.bounded): "full_pass" stands for "pass".
+BOUNDED_COLUMNS = ("full_pass", "rows_read", "rows_assigned")
+_INTEGER_COLUMNS = ("labels_changed", "reseeded", "rows_read", "rows_assigned")
 
 
 @dataclass
@@ -101,8 +105,12 @@ def write_result(target: str | os.PathLike | zarr.Group, result: Result) -> None
     group.create_array("centers", data=np.asarray(result.centers), overwrite=True)
     write_labels(group, "labels", result.labels)
     hist = group.create_group("history", overwrite=True)
-    for key in HISTORY_COLUMNS:
-        column = [record[key] for record in result.history]
+    bounded = bool(result.history) and "pass" in result.history[0]
+    for key in HISTORY_COLUMNS + (BOUNDED_COLUMNS if bounded else ()):
+        if key == "full_pass":
+            column = [record["pass"] == "full" for record in result.history]
+        else:
+            column = [record[key] for record in result.history]
         hist.create_array(key, data=np.array(column, dtype=np.float64))
     attrs = {
         **result.attrs,
@@ -177,12 +185,16 @@ def read_result(source: str | os.PathLike | zarr.Group) -> Result:
 
 
 def _read_history(hist: zarr.Group) -> list[dict]:
-    columns = {key: hist[key][:] for key in HISTORY_COLUMNS}
+    names = HISTORY_COLUMNS + (BOUNDED_COLUMNS if "full_pass" in hist else ())
+    columns = {key: hist[key][:] for key in names}
     history = []
     for i in range(len(columns["objective"])):
-        record = {"iteration": i + 1, **{key: float(columns[key][i]) for key in HISTORY_COLUMNS}}
-        record["labels_changed"] = int(record["labels_changed"])
-        record["reseeded"] = int(record["reseeded"])
+        record = {"iteration": i + 1, **{key: float(columns[key][i]) for key in names}}
+        for key in _INTEGER_COLUMNS:
+            if key in record:
+                record[key] = int(record[key])
+        if "full_pass" in record:
+            record["pass"] = "full" if record.pop("full_pass") else "active"
         history.append(record)
     return history
 

@@ -13,7 +13,9 @@ the new ones, whatever the store is:
 - :class:`ZarrStore` keeps them in a Zarr array that the tasks read and
   write themselves, double-buffered: a pass reads buffer g % 2 and writes
   buffer (g + 1) % 2, g being the passes written so far, so a retried task
-  never reads its own output. The array has shape
+  never reads its own output. A pass that only rewrites values idempotently
+  (the bounded Lloyd writing its active labels back, :class:`InPlace`)
+  writes the latest buffer in place and leaves the one before untouched. The array has shape
   ``(2, n_blocks, max_block_rows, *row_shape)`` and one Zarr chunk per block
   and buffer, so no two tasks ever write the same chunk.
 
@@ -39,6 +41,10 @@ from dkmeans import inputs
 
 # "auto" keeps per-row state in memory up to this many bytes (all runs together).
 MEMORY_LIMIT_BYTES = 2**30
+
+
+# What a pass's tasks returned of a memory store (None for a Zarr store, written by the tasks).
+Written = da.Array | list[np.ndarray] | None
 
 
 def label_dtype(n_clusters: int) -> np.dtype:
@@ -148,13 +154,19 @@ class RowStore:
         self.row_shape = tuple(row_shape)
         self.passes = 0
 
-    def begin_pass(self) -> StorePass:
-        """What the next pass's tasks read and write through."""
+    def begin_pass(self, in_place: bool = False) -> StorePass:
+        """What the next pass's tasks read and write through.
+
+        ``in_place``: the pass rewrites the latest values where they are (it
+        must be idempotent, as writing labels that were already written):
+        the buffer before them is left untouched.
+        """
         raise NotImplementedError
 
-    def end_pass(self, written: da.Array | list[np.ndarray] | None) -> None:
+    def end_pass(self, written: Written, in_place: bool = False) -> None:
         """Make the values the pass wrote current (``written``: those the tasks returned)."""
-        self.passes += 1
+        if not in_place:
+            self.passes += 1
 
     def values(self) -> da.Array:
         """The latest values, a lazy dask array chunked like X's rows."""
@@ -184,14 +196,14 @@ class MemoryStore(RowStore):
         super().__init__(row_chunks, dtype, row_shape)
         self._values: da.Array | list[np.ndarray] | None = None
 
-    def begin_pass(self) -> StorePass:
+    def begin_pass(self, in_place: bool = False) -> StorePass:
         return StorePass(BlockAccess(self.dtype, self.row_shape), previous=self._values)
 
-    def end_pass(self, written: da.Array | list[np.ndarray] | None) -> None:
+    def end_pass(self, written: Written, in_place: bool = False) -> None:
         if written is None:
             raise ValueError("a memory store needs the values its pass returned")
         self._values = written
-        super().end_pass(written)
+        super().end_pass(written, in_place)
 
     def discard(self) -> None:
         self._values = None
@@ -257,13 +269,16 @@ class ZarrStore(RowStore):
     def _current_buffer(self) -> int | None:
         return self.passes % 2 if self.passes > 0 else None
 
-    def begin_pass(self) -> StorePass:
+    def begin_pass(self, in_place: bool = False) -> StorePass:
+        current = self._current_buffer()
+        if in_place and current is None:
+            raise RuntimeError("no values written yet to rewrite in place")
         access = BlockAccess(
             self.dtype,
             self.row_shape,
             zarr_array=self.array,
-            read_buffer=self._current_buffer(),
-            write_buffer=(self.passes + 1) % 2,
+            read_buffer=current,
+            write_buffer=current if in_place else (self.passes + 1) % 2,
         )
         return StorePass(access)
 
@@ -282,6 +297,19 @@ class ZarrStore(RowStore):
             dtype=self.dtype,
             meta=np.empty((0,) * (1 + len(self.row_shape)), dtype=self.dtype),
         )
+
+
+class InPlace:
+    """A store as a pass sees it when the pass rewrites its latest values in place."""
+
+    def __init__(self, store: RowStore):
+        self.store = store
+
+    def begin_pass(self) -> StorePass:
+        return self.store.begin_pass(in_place=True)
+
+    def end_pass(self, written: da.Array | list[np.ndarray] | None) -> None:
+        self.store.end_pass(written, in_place=True)
 
 
 def _read_block(index: np.ndarray, *, array: zarr.Array, buffer: int, row_chunks) -> np.ndarray:

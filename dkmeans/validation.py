@@ -31,6 +31,7 @@ from dkmeans.errors import ParameterTypeError
 
 INIT_METHODS = ("k-means||", "k-means++", "random")
 LABEL_STORES = ("auto", "memory", "zarr")
+ALGORITHMS = ("auto", "lloyd", "bounded")
 
 
 def integer_check(minimum: int, allow_none: bool = False) -> Callable[[Any, str], Any]:
@@ -99,6 +100,22 @@ def _random_state(value, name):
     )
 
 
+def _algorithm(value, name):
+    message = f"{name} must be 'auto', 'lloyd' or 'bounded', got {value!r}"
+    if not isinstance(value, str):
+        raise ParameterTypeError(message)
+    if value not in ALGORITHMS:
+        raise ValueError(message)
+    return value
+
+
+def resolve_algorithm(algorithm: str) -> str:
+    """The algorithm a fit runs: "auto" is "bounded", whose margin rule decides where
+    an active set pays (:func:`dkmeans.bounded.choose_margin`); a pass without one
+    is a plain Lloyd pass that also bounds the rows' distances."""
+    return "bounded" if algorithm == "auto" else algorithm
+
+
 def _label_store(value, name):
     if isinstance(value, str | os.PathLike):
         return value  # a name of LABEL_STORES, or a path or URL
@@ -137,6 +154,12 @@ PARAMETERS: dict[str, Parameter] = {
     ),
     "max_iter": Parameter(300, integer_check(1), "most Lloyd iterations"),
     "tol": Parameter(1e-4, _non_negative_real, "center-shift tolerance (scikit-learn's meaning)"),
+    "algorithm": Parameter(
+        "auto",
+        _algorithm,
+        "'lloyd' (every row every iteration), 'bounded' (the same labels, reading only the "
+        "rows that can change) or 'auto' ('bounded')",
+    ),
     "random_state": Parameter(
         None,
         _random_state,

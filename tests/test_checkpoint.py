@@ -28,7 +28,14 @@ def data_path(tmp_path_factory):
 
 
 def _model(**params):
-    defaults = {"init": "random", "n_init": 1, "random_state": 4, "tol": 0, "max_iter": 40}
+    defaults = {
+        "init": "random",
+        "n_init": 1,
+        "random_state": 4,
+        "tol": 0,
+        "max_iter": 40,
+        "algorithm": "lloyd",  # saved every iteration (bounded fits: test_bounded.py)
+    }
     return KMeans(6, **(defaults | params))
 
 

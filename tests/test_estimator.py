@@ -89,7 +89,9 @@ def test_label_dtype_by_k(k, dtype):
 def test_zarr_label_store_at_a_path_is_double_buffered(blobs, tmp_path):
     path = tmp_path / "labels.zarr"
     arr = da.from_array(blobs, chunks=(1000, -1))
-    model = KMeans(5, init=general_position_init(blobs, 5, 1), tol=0, label_store=str(path))
+    model = KMeans(
+        5, init=general_position_init(blobs, 5, 1), tol=0, algorithm="lloyd", label_store=str(path)
+    )
     model.fit(arr)
     store = zarr.open_array(str(path), mode="r")
     assert store.shape == (2, 3, 1000) and store.dtype == np.int8 and store.chunks == (1, 1, 1000)

@@ -26,7 +26,10 @@ from tests.faults import FaultyStore, reads_logged
 N_SAMPLES, N_FEATURES, CHUNK_ROWS = 40_000, 6, 5_000  # 8 chunks
 CHUNK = 3  # the chunk that misbehaves: rows 15000-19999
 CHUNK_KEY = f"c/{CHUNK}/0"
-PARAMS = dict(n_clusters=5, init="random", n_init=1, tol=0, max_iter=6, random_state=1)
+# Plain Lloyd: every pass reads every chunk, which the counts of reads below rely on.
+PARAMS = dict(
+    n_clusters=5, init="random", n_init=1, tol=0, max_iter=6, random_state=1, algorithm="lloyd"
+)
 DRIVER = Path(__file__).resolve().parent / "kill_driver.py"
 
 

@@ -27,6 +27,7 @@ BAD = {
     "n_init": (1.5, 0),
     "max_iter": ("10", 0),
     "tol": ("a lot", -1.0),
+    "algorithm": (1, "elkan"),
     "random_state": ("seed", None),
     "split_every": (2.0, 1),
     "label_store": (3, None),

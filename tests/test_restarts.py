@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from dkmeans import KMeans, checkpoint, kernel, load, results
+from dkmeans import KMeans, bounded, checkpoint, kernel, load, results
 from dkmeans.lloyd import FIXED_POINT, lloyd, lloyd_runs
 from dkmeans.seeding import DEFAULT_ROUNDS, initial_centers, spawn_generators
 from dkmeans.state import label_dtype
@@ -88,22 +88,24 @@ def test_a_fit_with_restarts_reads_x_as_often_as_its_longest_run(overlapping):
     source, X = counting_dask_array(overlapping, 2_000)
     n_blocks = X.numblocks[0]
     with dask.config.set(scheduler="threads"):
-        KMeans(9, n_init=N_RUNS, random_state=0, tol=0, max_iter=4).fit(X)
+        KMeans(9, n_init=N_RUNS, random_state=0, tol=0, max_iter=4, algorithm="lloyd").fit(X)
     # k-means|| (at most rounds + 1 passes, plus one block for the first
     # rows), then 4 iterations and the final assignment: whatever N_RUNS is.
     assert source.reads <= (DEFAULT_ROUNDS + 1 + 4 + 1) * n_blocks + N_RUNS
     assert source.reads >= (DEFAULT_ROUNDS + 1 + 4 + 1) * n_blocks
 
 
+@pytest.mark.parametrize("algorithm", ["lloyd", "bounded"])
 @pytest.mark.parametrize("init", ["k-means||", "random"])
-def test_the_best_run_is_kept_and_run_0_is_the_single_fit(overlapping, init):
+def test_the_best_run_is_kept_and_run_0_is_the_single_fit(overlapping, init, algorithm):
     X = da.from_array(overlapping, chunks=(3_000, -1))
-    single = KMeans(9, init=init, n_init=1, random_state=5, tol=0).fit(X)
-    several = KMeans(9, init=init, n_init=6, random_state=5, tol=0).fit(X)
+    params = dict(init=init, random_state=5, tol=0, algorithm=algorithm)
+    single = KMeans(9, n_init=1, **params).fit(X)
+    several = KMeans(9, n_init=6, **params).fit(X)
     rngs = spawn_generators(np.random.default_rng(5), 6)
     centers = initial_centers(X, 9, init, rngs=rngs)
     stores = make_label_stores("memory", X.chunks[0], 9, 6)
-    runs = lloyd_runs(X, centers, stores=stores, tol=0)
+    runs = lloyd_runs(X, centers, stores=stores, tol=0, algorithm=algorithm)
     inertias = [run.inertia for run in runs]
     assert single.inertia_ == inertias[0]
     best = int(np.argmin(inertias))
@@ -158,13 +160,19 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("interrupt_at", [3, 9])
+@pytest.mark.parametrize(
+    ("algorithm", "interrupt_at"), [("lloyd", 3), ("lloyd", 9), ("bounded", 2), ("bounded", -2)]
+)
 def test_restarts_continue_after_an_interruption_to_the_same_result(
-    overlapping, tmp_path, monkeypatch, interrupt_at
+    overlapping, tmp_path, monkeypatch, algorithm, interrupt_at
 ):
-    """Killed during a pass's checkpoint (some runs may have stopped), resumed: the same fit."""
+    """Killed during a pass's checkpoint (some runs may have stopped), resumed: the same fit.
+
+    A negative ``interrupt_at`` counts from the last save of an uninterrupted fit. The
+    bounded fits keep a fifth of the rows active, so that they refresh (and save) often."""
+    monkeypatch.setattr(bounded, "MAX_ACTIVE_FRACTION", 0.2)
     X = da.from_array(overlapping, chunks=(3_000, -1))
-    params = {"n_init": 3, "random_state": 4, "tol": 0, "max_iter": 40}
+    params = {"n_init": 3, "random_state": 4, "tol": 0, "max_iter": 40, "algorithm": algorithm}
     reference = KMeans(9, **params).fit(X)
     out = tmp_path / "fit.zarr"
     original = checkpoint.Checkpoint.save
@@ -176,10 +184,16 @@ def test_restarts_continue_after_an_interruption_to_the_same_result(
             raise Interrupted
         original(self, states)
 
+    if interrupt_at < 0:
+        monkeypatch.setattr(checkpoint.Checkpoint, "save", save)
+        KMeans(9, **params).fit(X, checkpoint=tmp_path / "counted.zarr")
+        interrupt_at += len(calls) + 1
+        assert interrupt_at > 2, "too few saves to test"
+        calls.clear()
     monkeypatch.setattr(checkpoint.Checkpoint, "save", save)
     with pytest.raises(Interrupted):
         KMeans(9, **params).fit(X, checkpoint=out)
-    monkeypatch.undo()
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", original)
     assert results.status(out) == "checkpoint"
     resumed = KMeans(9, **{**params, "random_state": 99}).fit(X, checkpoint=out, resume=True)
     for model in (resumed, load(out)):

@@ -128,7 +128,9 @@ def test_each_iteration_reads_every_block_exactly_once(data, label_store):
     source, X = counting_dask_array(data, 2_000)
     init = data[:7] + 0.01
     with dask.config.set(scheduler="threads"):
-        model = KMeans(7, init=init, tol=0, max_iter=4, label_store=label_store).fit(X)
+        model = KMeans(
+            7, init=init, tol=0, max_iter=4, label_store=label_store, algorithm="lloyd"
+        ).fit(X)
     assert model.stop_reason_ == "max_iter"
     # max_iter passes, plus one assignment pass so labels match the final centers.
     assert source.reads == X.numblocks[0] * (model.n_iter_ + 1)
@@ -190,7 +192,9 @@ def test_a_task_depends_on_its_own_block_of_memory_labels_only(data, tmp_path):
         Client(cluster) as client,
     ):
         client.register_plugin(BlockTaskDependencies())
-        KMeans(7, init=data[:7], tol=0, max_iter=4, label_store="memory").fit(str(path))
+        KMeans(7, init=data[:7], tol=0, max_iter=4, label_store="memory", algorithm="lloyd").fit(
+            str(path)
+        )
         seen = client.run_on_scheduler(
             lambda dask_scheduler: dask_scheduler.plugins["block-task-dependencies"].seen
         )
@@ -221,6 +225,7 @@ def test_passes_run_in_process_equal_the_dask_graph(
         max_iter=12,
         split_every=split_every,
         label_store=label_store,
+        algorithm="lloyd",  # every pass reads X (the bounded passes: test_bounded.py)
     )
     # The same blocks behind a task (an identity copy): not in memory, so a graph per pass.
     X = da.from_array(data, chunks=(rows, -1)).map_blocks(np.array)

@@ -1,0 +1,685 @@
+"""The bounded Lloyd: plain Lloyd's labels every iteration, reading only the rows that can change.
+
+Late in a fit almost no label can change, yet a plain pass reads and assigns
+every row. Here a **full pass** (a Lloyd pass that also bounds each row's
+distances, :func:`dkmeans.kernel._row_bounds`) splits the rows in two:
+
+- the **active** rows, whose slack ``lower - upper`` (how much nearer another
+  center would have to come) is at most a margin M: their values, positions,
+  labels and bounds are kept in an active store, block by block, where the
+  block's task ran (this process's memory, or the worker's under
+  dask.distributed; never gathered);
+- the **frozen** rows, all others, of which nothing is kept but each
+  cluster's least slack.
+
+A frozen row labelled a cannot change label while
+``drift_a + max_{j != a} drift_j < slack``, the drifts being the centers'
+distances from the full pass's centers c0 (triangle inequality). While that
+holds for every cluster's least slack, an iteration is an **active pass**: it
+reads the active store only, moves each active row's bounds by the centers'
+last step (Hamerly: :func:`dkmeans.kernel.hamerly_filter`), tightens the
+upper bound of the rows that fail the test, and assigns exactly (a GEMM on a
+compact tile, certified as every label is) only the rows that still fail.
+
+The pass's statistics come from running totals: the full pass's sums,
+weights and objective at c0, plus the changes of every row that changed
+label since (:class:`Moves`); the objective at the new centers c follows
+from them, ``D(c0) + Σ 2 (c0 - c)·(S - W c0) + W ||c0 - c||²``. So an active
+pass costs a few operations per active row plus the GEMM of the few rows
+it assigns. A cluster is empty when it has no row of positive weight
+(counted exactly), and then, as when the drifts pass a cluster's least
+slack, the iteration is a full pass instead: re-seeding needs the farthest
+rows of all X.
+
+Every iteration thus has plain Lloyd's labels (exact for its centers), so
+the same changed counts, iteration count and stop; the sums are grouped
+otherwise, so centers and objective agree with plain Lloyd's to rounding
+(1e-12 relative in float64; float32 centers round alike), not bitwise. Where
+plain Lloyd's own decision rests on rounding, the two can part: with
+``tol=0`` a step in which only rows of zero weight change label moves no
+center for plain Lloyd (stop "tol") and a rounding's worth here; restarts
+that reach the same partition may tie on inertia differently.
+
+**Memory.** The store holds at most ``max_active`` of each block's rows
+(those of least slack; the frozen rows' least slack then says how long the
+set lasts): :data:`ACTIVE_MEMORY_BYTES` for all runs, at most
+:data:`MAX_ACTIVE_FRACTION` of the rows; a row takes its values plus 29
+bytes (position, weight, label, two float64 bounds). Data within the budget
+is thus held whole after the first pass, and read from storage once or
+twice per fit; larger data has its rows nearest to a boundary held, and
+the rest refreshed by full passes. The labels stay in the label store
+(1-4 bytes a row); active labels are written back to it (in place, a pass
+over the labels only) before every full pass and at the end.
+
+**The margin.** M is chosen before each full pass (:func:`choose_margin`)
+from the previous full pass's histogram of slacks (by binary exponent), the
+centers' last step δ and how fast the steps shrink: a set of margin M lasts
+the L iterations over which twice the predicted drift stays below M and
+costs ``ACTIVE_ROW_COST`` per active row and iteration, so M minimises
+``(n + L c m(M)) / (L + 1)`` over the powers of two and infinity; no active
+set where none beats plain passes (the first pass has no histogram yet).
+
+**Determinism and resuming.** The schedule (which iterations are full,
+which rows active) depends on the data and centers only, so results are
+bitwise the same under every scheduler and worker count. A fit is saved
+(``on_pass``) where every run's next pass is a full one, with the margin
+that pass will use; continuing repeats that pass and everything after it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import dask.array as da
+import numpy as np
+
+from dkmeans import inputs, kernel, lloyd, passes, stats
+from dkmeans.lloyd import LloydState
+from dkmeans.passes import Block
+from dkmeans.state import BlockState, InPlace, MemoryStore, RowStore
+from dkmeans.stats import ChunkStats, Farthest
+
+# The active rows of all runs take at most this many bytes (and at most this
+# fraction of the rows): they live in memory, next to the blocks they came from.
+# Fixed, not sized by the workers: the split, and so the rounding of the sums,
+# must not depend on the cluster a fit runs on.
+ACTIVE_MEMORY_BYTES = 2**29
+MAX_ACTIVE_FRACTION = 1.0
+_U64 = 2.0**-53
+FULL = "full"
+ACTIVE = "active"
+
+
+@dataclass
+class ActiveRows:
+    """One block's active rows, compact: what an active pass reads instead of the block."""
+
+    rows: np.ndarray  # (m,) int32: positions in the block
+    x: np.ndarray  # (m, d): their values, X's dtype, C-contiguous
+    weights: np.ndarray  # (m,) float64, or empty (all ones)
+    labels: np.ndarray  # (m,) label dtype
+    upper: np.ndarray  # (m,) >= distance to own center (the centers last assigned to)
+    lower: np.ndarray  # (m,) <= distance to every other center
+
+
+@dataclass
+class Split:
+    """What a full pass says of its split into active and frozen rows (combined over blocks)."""
+
+    least_slack: np.ndarray  # (k,) least slack of each cluster's frozen rows (inf: none)
+    histogram: np.ndarray  # (kernel.SLACK_BINS,) rows by slack
+    n_active: int
+    members: np.ndarray  # (k,) int64: rows of positive weight in each cluster
+
+    def merge(self, other: Split) -> Split:
+        return Split(
+            np.minimum(self.least_slack, other.least_slack),
+            self.histogram + other.histogram,
+            self.n_active + other.n_active,
+            self.members + other.members,
+        )
+
+
+@dataclass
+class Moves:
+    """What an active pass changed: the rows that changed label, as changes of the totals."""
+
+    sums: np.ndarray  # (k, d) change of each cluster's weighted sum
+    weights: np.ndarray  # (k,)
+    objective: float  # change of Σ w ||x - c0_label||² (c0: the reference centers)
+    changed: int
+    assigned: int  # rows assigned exactly (the others kept their label by their bounds)
+    members: np.ndarray  # (k,) int64: change of the rows of positive weight in each cluster
+
+    def merge(self, other: Moves) -> Moves:
+        return Moves(
+            self.sums + other.sums,
+            self.weights + other.weights,
+            self.objective + other.objective,
+            self.changed + other.changed,
+            self.assigned + other.assigned,
+            self.members + other.members,
+        )
+
+
+@dataclass
+class Reference:
+    """A run since its last full pass: its centers then, and every row's totals kept current.
+
+    The totals (sums, weights, objective at the reference centers c0) are the
+    full pass's, plus the changes of every active pass since; the objective
+    at any centers c follows from them, ``D + Σ 2 (c0 - c)·(S - W c0) + W ||c0 - c||²``.
+    """
+
+    centers: np.ndarray  # (k, d) float64: c0
+    sums: np.ndarray  # (k, d)
+    weights: np.ndarray  # (k,)
+    objective: float  # Σ w ||x - c0_label||², with the latest labels
+    least_slack: np.ndarray  # (k,) of the frozen rows
+    n_active: int
+    # Rows of positive weight per cluster: a cluster is empty (to re-seed) when it has
+    # none, exactly as plain Lloyd finds a total weight of 0, whatever the rounding of
+    # the weights' running totals.
+    members: np.ndarray
+
+    def still_frozen(self, centers: np.ndarray) -> bool:
+        """Can no frozen row change label at ``centers``? (drift_a + max other drift < slack)."""
+        drift = center_steps(self.centers, centers)
+        other = _largest_other(drift)
+        held = self.least_slack == np.inf
+        return bool(np.all(held | ((drift + other) * (1 + 4 * _U64) < self.least_slack)))
+
+    def objective_at(self, centers: np.ndarray, sums, weights, objective) -> float:
+        """Σ w ||x - c_a||² at ``centers``, from totals (at the reference centers)."""
+        step = self.centers - centers.astype(np.float64)
+        deviation = sums - weights[:, None] * self.centers
+        correction = 2 * step * deviation + weights[:, None] * step**2
+        return float(objective + np.sum(correction))
+
+
+@dataclass
+class RunPlan:
+    """The bounded loop's own state of one run, beside its :class:`~dkmeans.lloyd.LloydState`."""
+
+    reference: Reference | None = None  # None: the next pass is a full one
+    histogram: np.ndarray | None = None  # slacks at the last full pass
+    last_centers: np.ndarray | None = None  # the centers of the latest pass
+    patch: bool = False  # active labels not yet written to the label store
+    margin_decided: bool = False  # is the state's next_margin that of the coming full pass?
+
+
+def center_steps(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Each center's distance moved, rounded up (an upper bound for the exact distance)."""
+    diff = after.astype(np.float64) - before.astype(np.float64)
+    d = diff.shape[1]
+    squared = np.einsum("ij,ij->i", diff, diff) * (1 + 1.01 * (d + 3) * _U64) + 2.0**-1000
+    return np.sqrt(squared) * (1 + 2 * _U64)
+
+
+def _largest_other(steps: np.ndarray) -> np.ndarray:
+    """For each center a, the largest step of the centers j != a."""
+    other = np.full(len(steps), float(np.max(steps)))
+    top = int(np.argmax(steps))
+    other[top] = float(np.max(np.delete(steps, top))) if len(steps) > 1 else 0.0
+    return other
+
+
+@dataclass(frozen=True)
+class MarginInputs:
+    """What the margin rule sees before a full pass: all of it restored on resume."""
+
+    histogram: np.ndarray | None  # slacks at the run's previous full pass (None: none yet)
+    step: float  # the largest step of a center in the run's last iteration
+    decay: float  # the ratio of the last two steps (from the history's center shifts)
+    n_rows: int
+    max_rows: int  # most active rows the store may hold
+
+
+# Cost of an active row, relative to a row of a full pass (read and assigned).
+ACTIVE_ROW_COST = 0.5
+
+
+def choose_margin(inputs: MarginInputs) -> float | None:
+    """The margin M for the next full pass (module docstring), or None for no active set.
+
+    The centers' steps are predicted to shrink by ``r = decay`` per iteration
+    (at most 0.9; 1, no shrinking, if they grew), so a set of margin M lasts
+    the L iterations in which twice the drift, ``2 step (r + r² + ... + r^L)``,
+    stays below M. The candidates are the powers of two (the histogram's bin
+    edges) and infinity (every row active), within ``max_rows``.
+    """
+    if inputs.histogram is None:
+        return None
+    n_rows, rate, step = inputs.n_rows, min(inputs.decay, 0.9), max(inputs.step, 1e-300)
+    exponents = np.arange(1, kernel.SLACK_BINS - 2)  # bin b holds slack < 2^(b - 1022)
+    margins = np.append(np.ldexp(1.0, exponents - 1022), np.inf)
+    rows = np.append(np.cumsum(inputs.histogram)[exponents], n_rows)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        half = margins / (2 * step)  # the drift, in steps, the set can take
+        if rate < 1:  # r (1 - r^L) / (1 - r) < half  <=>  r^L > 1 - half (1 - r) / r
+            floor = 1 - half * (1 - rate) / rate
+            lasts = np.where(floor > 0, np.ceil(np.log(floor) / np.log(rate)) - 1, np.inf)
+        else:
+            lasts = np.ceil(half) - 1
+    lasts = np.clip(np.nan_to_num(lasts, posinf=1000), 0, 1000)
+    cost = (n_rows + lasts * ACTIVE_ROW_COST * rows) / (lasts + 1)
+    cost[rows > inputs.max_rows] = np.inf
+    best = int(np.argmin(cost))  # the smallest margin of least cost
+    return float(margins[best]) if cost[best] < 0.9 * n_rows else None
+
+
+# -- the tasks --------------------------------------------------------------------------------
+
+
+def full_block(
+    block: Block,
+    x: np.ndarray,
+    weights: np.ndarray | None,
+    *,
+    states: list[BlockState],
+    centers: list[kernel.Centers],
+    label_dtype: np.dtype,
+    first_pass: bool,
+    norm_bound: float | None,
+    margins: list[float | None],
+    max_active: float,
+) -> list[tuple[ChunkStats, Split]]:
+    """A Lloyd pass's block (:func:`dkmeans.lloyd.lloyd_block`) that also splits its rows.
+
+    ``states`` are each run's label store and active store, in turn.
+    """
+    label_states, active_states = states[0::2], states[1::2]
+    totals = lloyd.lloyd_block(
+        block,
+        x,
+        weights,
+        states=label_states,
+        centers=centers,
+        label_dtype=label_dtype,
+        first_pass=first_pass,
+        norm_bound=norm_bound,
+        with_bounds=True,
+    )
+    results = []
+    for run, (block_stats, labels, upper, lower) in enumerate(totals):
+        active, split = _split_block(
+            x, weights, labels, upper, lower, centers[run], margins[run], max_active
+        )
+        active_states[run].write(_element(active))
+        results.append((block_stats, split))
+    return results
+
+
+def _split_block(x, weights, labels, upper, lower, centers, margin, max_active):
+    """The block's active rows (slack at most ``margin``, at most ``max_active`` of them)."""
+    with np.errstate(invalid="ignore"):
+        slack = (lower - upper) - 2 * _U64 * (lower + upper)  # rounded down
+    slack[np.isnan(slack)] = np.inf  # lower = inf: one center, nothing to change to
+    chosen = np.empty(0, dtype=np.int32)
+    if margin is not None:
+        chosen = np.flatnonzero(slack <= margin).astype(np.int32)
+        cap = int(max_active * len(x))
+        if len(chosen) > cap:  # the least slack first; ties by position
+            chosen = np.sort(chosen[np.argsort(slack[chosen], kind="stable")[:cap]])
+    frozen = np.ones(len(x), dtype=np.bool_)
+    frozen[chosen] = False
+    k = len(centers.values)
+    least = np.full(k, np.inf)
+    histogram = np.zeros(kernel.SLACK_BINS, dtype=np.int64)
+    kernel.slack_summary(labels, slack, frozen, least, histogram)
+    weights = np.empty(0) if weights is None else np.asarray(weights, np.float64)
+    if len(chosen) == len(x):  # every row: the block itself (no copy of in-memory input)
+        active = ActiveRows(chosen, np.ascontiguousarray(x), weights, labels, upper, lower)
+    else:
+        active_w = weights[chosen] if len(weights) else weights
+        active_x = np.ascontiguousarray(x[chosen])
+        active = ActiveRows(
+            chosen, active_x, active_w, labels[chosen], upper[chosen], lower[chosen]
+        )
+    weighing = labels[weights > 0] if len(weights) else labels
+    split = Split(least, histogram, len(chosen), np.bincount(weighing, minlength=k))
+    return active, split
+
+
+def active_block(
+    block: Block,
+    _rows: np.ndarray,
+    *,
+    states: list[BlockState],
+    centers: list[kernel.Centers],
+    steps: list[np.ndarray],
+    references: list[np.ndarray],
+) -> list[Moves]:
+    """An active pass's block: each run's active rows reassigned; what moved.
+
+    Reads no row of X: only the block's active rows.
+    """
+    results = []
+    for run, active_state in enumerate(states):
+        new, moves = reassign(
+            active_state.read().item(), centers[run], steps[run], references[run]
+        )
+        active_state.write(_element(new))
+        results.append(moves)
+    return results
+
+
+def reassign(
+    active: ActiveRows, centers: kernel.Centers, step: np.ndarray, reference64: np.ndarray
+) -> tuple[ActiveRows, Moves]:
+    """Active rows' exact labels at ``centers``, which moved by ``step`` since the last pass.
+
+    Hamerly's test (:func:`dkmeans.kernel.hamerly_filter`) keeps the label of
+    nearly every row; the rest are assigned exactly, all together on a
+    compact tile. Returns the rows with their new labels and bounds, and the
+    changes of the totals (at the reference centers) that the moves make.
+    """
+    labels, upper, lower = active.labels, active.upper.copy(), active.lower.copy()
+    k, d = centers.values.shape
+    suspects = np.empty(len(labels), dtype=np.int64)
+    count = kernel.hamerly_filter(
+        active.x, labels, upper, lower, step, _largest_other(step), centers.values64, suspects
+    )
+    suspects = suspects[:count]
+    new_labels = labels
+    sums, weights, objective, changed = np.zeros((k, d)), np.zeros(k), 0.0, 0
+    members = np.zeros(k, dtype=np.int64)
+    if count > len(labels) // 2:  # most rows: assign them all, without gathering
+        suspects = np.arange(len(labels))
+        new_labels, upper, lower = kernel.assign_with_bounds(
+            active.x, centers, labels, labels.dtype
+        )
+    elif count:
+        rows = np.ascontiguousarray(active.x[suspects])
+        found, up, low = kernel.assign_with_bounds(rows, centers, labels[suspects], labels.dtype)
+        new_labels = labels.copy()
+        new_labels[suspects], upper[suspects], lower[suspects] = found, up, low
+    if count:
+        moved = suspects[new_labels[suspects] != labels[suspects]]
+        changed = len(moved)
+        objective = kernel.moved_totals(
+            active.x, active.weights, moved, labels, new_labels, reference64, sums, weights
+        )
+        if len(active.weights):
+            moved = moved[active.weights[moved] > 0]
+        members = np.bincount(new_labels[moved], minlength=k) - np.bincount(
+            labels[moved], minlength=k
+        )
+    new = ActiveRows(active.rows, active.x, active.weights, new_labels, upper, lower)
+    return new, Moves(sums, weights, objective, changed, len(suspects), members)
+
+
+def patch_block(block: Block, _rows: np.ndarray, *, states: list[BlockState]) -> None:
+    """Write each run's active labels into its label store (states: label, active, ...)."""
+    for label_state, active_state in zip(states[0::2], states[1::2], strict=True):
+        element = active_state.read()
+        active = element.item()
+        labels = np.array(label_state.read())
+        labels[active.rows] = active.labels
+        label_state.write(labels)
+        active_state.write(element)
+
+
+def _element(value) -> np.ndarray:
+    element = np.empty((1,), dtype=object)
+    element[0] = value
+    return element
+
+
+def _combine_full(parts: list, n_farthest: int) -> tuple[ChunkStats, Split]:
+    return stats.combine([p[0] for p in parts], n_farthest), _merge([p[1] for p in parts])
+
+
+def _merge(parts: list):
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.merge(part)
+    return total
+
+
+def _nothing(parts: list) -> None:
+    return None
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+class ActiveStore(MemoryStore):
+    """A run's active rows: one :class:`ActiveRows` per block of X, where its task ran."""
+
+    def __init__(self, row_chunks):
+        super().__init__(row_chunks, np.dtype(object))
+
+    def snapshot(self) -> tuple:
+        return self._values, self.passes
+
+    def restore(self, snapshot: tuple) -> None:
+        self._values, self.passes = snapshot
+
+
+@dataclass
+class BoundedRuns:
+    """The passes of the bounded loop, for any subset of its runs (see :func:`bounded_runs`)."""
+
+    X: da.Array
+    weights: da.Array | None
+    label_stores: list[RowStore]
+    active_stores: list[ActiveStore]
+    plans: list[RunPlan]
+    split_every: int
+    retries: int
+    max_active: float
+    margin_rule: Callable[[MarginInputs], float | None]
+    norm_bound: float | None = None
+    rows: da.Array | None = field(default=None, repr=False)
+
+    def row_blocks(self) -> da.Array:
+        """A stand-in for X with its row chunks: the first input of passes that do not read X."""
+        if self.rows is None:
+            chunks = self.X.chunks[0]
+            if passes.in_process_threads() is not None:
+                zero = np.zeros(1, dtype=np.int8)
+                self.rows = inputs.from_blocks(
+                    [np.broadcast_to(zero, (c,)) for c in chunks], "dkmeans-rows"
+                )
+            else:
+                self.rows = da.zeros(self.X.shape[0], dtype=np.int8, chunks=(chunks,))
+        return self.rows
+
+    def patch(self, runs: list[int]) -> None:
+        """Write the active labels of ``runs`` into their label stores, in place."""
+        runs = [run for run in runs if self.plans[run].patch]
+        if not runs:
+            return
+        passes.map_reduce(
+            patch_block,
+            [self.row_blocks()],
+            combine=_nothing,
+            split_every=self.split_every,
+            states=[
+                store
+                for run in runs
+                for store in (InPlace(self.label_stores[run]), self.active_stores[run])
+            ],
+            retries=self.retries,
+        )
+        for run in runs:
+            self.plans[run].patch = False
+
+    def decide_margins(self, runs: list[int], states: list[LloydState]) -> None:
+        """The margin of each run's coming full pass, into its state (unless decided already)."""
+        n = self.X.shape[0]
+        for run in runs:
+            plan = self.plans[run]
+            if plan.margin_decided:
+                continue
+            step = 0.0
+            if plan.last_centers is not None:
+                step = float(np.max(center_steps(plan.last_centers, states[run].centers)))
+            inputs = MarginInputs(
+                plan.histogram, step, _decay(states[run].history), n, int(self.max_active * n)
+            )
+            states[run].next_margin = self.margin_rule(inputs)
+            plan.margin_decided = True
+
+    def full(self, runs: list[int], states: list[LloydState], first_pass: bool) -> list:
+        """A full pass for ``runs``: each run's totals, and its frozen rows' totals kept."""
+        self.decide_margins(runs, states)
+        self.patch(runs)
+        X, n, k = self.X, self.X.shape[0], len(states[runs[0]].centers)
+        results = passes.map_reduce(
+            full_block,
+            [X, self.weights],
+            combine=passes.per_run(partial(_combine_full, n_farthest=k)),
+            split_every=self.split_every,
+            states=[s for run in runs for s in (self.label_stores[run], self.active_stores[run])],
+            retries=self.retries,
+            centers=[kernel.prepare(states[run].centers, X.dtype) for run in runs],
+            label_dtype=self.label_stores[runs[0]].dtype,
+            first_pass=first_pass,
+            norm_bound=self.norm_bound,
+            margins=[states[run].next_margin for run in runs],
+            max_active=self.max_active,
+        )
+        self.norm_bound = results[0][0].norm_bound
+        totals = []
+        for run, (run_totals, split) in zip(runs, results, strict=True):
+            plan, centers = self.plans[run], states[run].centers
+            plan.reference = Reference(
+                centers=centers.astype(np.float64),
+                sums=run_totals.sums,
+                weights=run_totals.weights,
+                objective=run_totals.objective,
+                least_slack=split.least_slack,
+                n_active=split.n_active,
+                members=split.members,
+            )
+            plan.histogram, plan.last_centers = split.histogram, centers
+            plan.margin_decided, states[run].next_margin = False, None
+            states[run].label_writes = self.label_stores[run].passes
+            totals.append((run_totals, {"pass": FULL, "rows_read": n, "rows_assigned": n}))
+        return totals
+
+    def active(self, runs: list[int], states: list[LloydState]) -> list:
+        """An active pass for ``runs``: each run's totals, or None where a full pass is needed."""
+        snapshots = [self.active_stores[run].snapshot() for run in runs]
+        X = self.X
+        results = passes.map_reduce(
+            active_block,
+            [self.row_blocks()],
+            combine=passes.per_run(_merge),
+            split_every=self.split_every,
+            states=[self.active_stores[run] for run in runs],
+            retries=self.retries,
+            centers=[kernel.prepare(states[run].centers, X.dtype) for run in runs],
+            steps=[
+                center_steps(self.plans[run].last_centers, states[run].centers) for run in runs
+            ],
+            references=[self.plans[run].reference.centers for run in runs],
+        )
+        totals = []
+        for run, snapshot, moves in zip(runs, snapshots, results, strict=True):
+            plan, reference = self.plans[run], self.plans[run].reference
+            members = reference.members + moves.members
+            weights = reference.weights + moves.weights
+            if np.any(members == 0) or np.any(weights <= 0):
+                # An empty cluster: re-seeding needs the farthest rows of all X.
+                self.active_stores[run].restore(snapshot)
+                totals.append(None)
+                continue
+            reference.sums = reference.sums + moves.sums
+            reference.weights, reference.members = weights, members
+            reference.objective += moves.objective
+            centers = states[run].centers
+            plan.last_centers, plan.patch = centers, True
+            run_totals = ChunkStats(
+                sums=reference.sums,
+                weights=reference.weights,
+                objective=reference.objective_at(
+                    centers, reference.sums, reference.weights, reference.objective
+                ),
+                changed=moves.changed,
+                farthest=Farthest.empty(X.shape[1]),
+            )
+            record = {
+                "pass": ACTIVE,
+                "rows_read": reference.n_active,
+                "rows_assigned": moves.assigned,
+            }
+            totals.append((run_totals, record))
+        return totals
+
+
+def _decay(history: list[dict]) -> float:
+    """How fast the centers' steps shrink: the ratio of the last two (root total) shifts."""
+    if len(history) < 2 or history[-2]["center_shift"] <= 0:
+        return 1.0
+    return math.sqrt(history[-1]["center_shift"] / history[-2]["center_shift"])
+
+
+def bounded_runs(
+    X: da.Array,
+    states: list[LloydState],
+    *,
+    stores: list[RowStore],
+    weights: da.Array | None,
+    max_iter: int,
+    tol: float,
+    split_every: int,
+    retries: int,
+    on_iteration: Callable[[int, dict], None] | None = None,
+    on_pass: Callable[[list[LloydState]], None] | None = None,
+    margin_rule: Callable[[MarginInputs], float | None] = choose_margin,
+) -> None:
+    """Run the runs in ``states`` to their stop with the bounded Lloyd (module docstring).
+
+    As :func:`dkmeans.lloyd.lloyd_runs` (which calls this), updating
+    ``states`` in place; every history record also says the kind of pass
+    (``"pass"``), the rows it read and the rows it assigned. ``on_pass`` is
+    called where every run's next pass is a full one, once the label stores
+    hold every run's latest labels: continuing from there is bitwise the same.
+    ``margin_rule(inputs)`` gives a full pass's margin (:class:`MarginInputs`).
+    """
+    row_bytes = X.shape[1] * X.dtype.itemsize + 32  # values, position, weight, label, bounds
+    budget = ACTIVE_MEMORY_BYTES / (len(states) * X.shape[0] * row_bytes)
+    loop = BoundedRuns(
+        X=X,
+        weights=weights,
+        label_stores=stores,
+        active_stores=[ActiveStore(X.chunks[0]) for _ in states],
+        # a continued run starts with the full pass it was saved before, with its margin
+        plans=[RunPlan(margin_decided=state.n_iter > 0) for state in states],
+        split_every=split_every,
+        retries=retries,
+        max_active=min(MAX_ACTIVE_FRACTION, budget),
+        margin_rule=margin_rule,
+    )
+    everyone = list(range(len(states)))
+    while running := [run for run, state in enumerate(states) if state.inertia is None]:
+        start = time.perf_counter()
+        full = [run for run in running if not _can_skip(loop.plans[run], states[run])]
+        if len(full) == len(running) and states[running[0]].n_iter > 0:
+            # A point to continue from: save it with every run's labels up to date.
+            loop.decide_margins(full, states)
+            loop.patch(everyone)
+            if on_pass is not None:
+                on_pass(states)
+        found: dict[int, tuple] = {}
+        active = [run for run in running if run not in full]
+        if active:
+            for run, result in zip(active, loop.active(active, states), strict=True):
+                if result is None:
+                    full.append(run)
+                else:
+                    found[run] = result
+        if full:
+            full.sort()
+            first_pass = any(states[run].n_iter == 0 for run in full)
+            results = loop.full(full, states, first_pass)
+            if first_pass and tol > 0:
+                tol_abs = tol * float(np.mean(results[0][0].moments.variance))
+                for run in full:
+                    if states[run].n_iter == 0:
+                        states[run].tol_abs = tol_abs
+            found.update(zip(full, results, strict=True))
+        seconds = time.perf_counter() - start
+        for run in sorted(found):
+            run_totals, counts = found[run]
+            record = lloyd._after_pass(states[run], run_totals, max_iter=max_iter, dtype=X.dtype)
+            if record is not None:
+                record.update(counts, seconds=seconds)
+                if on_iteration is not None:
+                    on_iteration(run, record)
+    loop.patch(everyone)
+    for run, store in enumerate(loop.active_stores):
+        store.discard()
+        states[run].label_writes = stores[run].passes
+
+
+def _can_skip(plan: RunPlan, state: LloydState) -> bool:
+    """Can the run's next pass be an active one?"""
+    return plan.reference is not None and plan.reference.still_frozen(state.centers)

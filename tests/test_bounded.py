@@ -1,0 +1,368 @@
+"""The bounded Lloyd: plain Lloyd's labels every iteration, reading only the rows that can change.
+
+The reference is ``algorithm="lloyd"`` run from the same centers (itself tested
+against brute-force NumPy and exact rationals), and exact rational distances
+for the bounds the algorithm relies on.
+"""
+
+import itertools
+from fractions import Fraction
+from unittest import mock
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given
+from hypothesis import strategies as st
+from sklearn.datasets import make_blobs
+
+from dkmeans import KMeans, bounded, checkpoint, kernel, lloyd, load, results
+from dkmeans.cli import main
+from dkmeans.state import label_dtype, make_stores
+from dkmeans.testing import counting_dask_array
+from tests import reference
+from tests.test_exact import tied_problems
+
+
+def exact_squares(X, centers):
+    """Every exact squared distance, (n, k), as Fractions of the stored values."""
+    values = np.concatenate([np.ravel(X), np.ravel(centers)]).astype(np.float64)
+    denominator = max(Fraction(float(v)).denominator for v in values)
+    scaled = reference.exact_sq_distances(X, centers)
+    return np.vectorize(lambda v: Fraction(v, denominator**2), otypes=[object])(scaled)
+
+
+@given(tied_problems(max_rows=120), st.integers(0, 2**16))
+def test_distance_bounds_hold_for_the_exact_distances(problem, seed):
+    """upper >= d(x, c_label) and lower <= d(x, c_j) for every other j, exactly, on tied data."""
+    X, centers = problem
+    rng = np.random.default_rng(seed)
+    hint = rng.integers(len(centers), size=len(X))
+    labels, upper, lower = kernel.assign_with_bounds(
+        np.ascontiguousarray(X), kernel.prepare(centers, X.dtype), hint, np.int16
+    )
+    squares = exact_squares(X, centers)
+    np.testing.assert_array_equal(labels, reference.exact_labels(X, centers))
+    for i, label in enumerate(labels):
+        assert Fraction(float(upper[i])) ** 2 >= squares[i, label]
+        others = [squares[i, j] for j in range(len(centers)) if j != label]
+        assert Fraction(float(lower[i])) ** 2 <= min(others)
+        assert lower[i] >= 0
+
+
+# -- bounded vs lloyd ------------------------------------------------------------------------
+
+
+def tiny_margin(inputs):
+    """Hardly any row active: most iterations full passes."""
+    return None if inputs.histogram is None else 1e-12
+
+
+def every_row_margin(inputs):
+    """Every row whose slack fits in the store: with the store unbounded, nothing frozen."""
+    return np.inf
+
+
+def fixed_margin(value):
+    def rule(inputs):
+        return value
+
+    return rule
+
+
+MARGIN_RULES = {
+    "planned": bounded.choose_margin,
+    "tiny": tiny_margin,
+    "every row": every_row_margin,
+    "fixed 0.5": fixed_margin(0.5),
+    "fixed 3": fixed_margin(3.0),
+}
+
+
+def run_both(X, init, *, weights=None, margin="planned", max_active=None, **params):
+    """The same runs with plain and bounded Lloyd: (results, final labels) of each."""
+    out = {}
+    for algorithm in ("lloyd", "bounded"):
+        stores = make_stores("memory", X.chunks[0], label_dtype(len(init[0])), len(init))
+        fraction = bounded.MAX_ACTIVE_FRACTION if max_active is None else max_active
+        with mock.patch.object(bounded, "MAX_ACTIVE_FRACTION", fraction):
+            runs = lloyd.lloyd_runs(
+                X,
+                init,
+                stores=stores,
+                weights=weights,
+                algorithm=algorithm,
+                margin_rule=MARGIN_RULES[margin] if algorithm == "bounded" else None,
+                **params,
+            )
+        out[algorithm] = (runs, [store.values().compute() for store in stores])
+    return out["lloyd"], out["bounded"]
+
+
+def assert_same_iterations(plain, bounded_runs, dtype):
+    (plain_runs, plain_labels), (runs, labels) = plain, bounded_runs
+    for a, b, labels_a, labels_b in zip(plain_runs, runs, plain_labels, labels, strict=True):
+        assert (a.n_iter, a.stop_reason) == (b.n_iter, b.stop_reason)
+        assert [r["labels_changed"] for r in a.history] == [r["labels_changed"] for r in b.history]
+        np.testing.assert_array_equal(labels_a, labels_b)
+        # float64: equal to 1e-12 of the centers' scale (sums are grouped otherwise);
+        # float32 centers are those means rounded to float32: the same.
+        scale = 1e-12 * np.max(np.abs(a.centers)) if dtype == np.float64 else 0
+        np.testing.assert_allclose(b.centers, a.centers, rtol=0, atol=scale)
+        np.testing.assert_allclose(b.inertia, a.inertia, rtol=1e-12)
+        np.testing.assert_allclose(
+            [r["objective"] for r in b.history], [r["objective"] for r in a.history], rtol=1e-12
+        )
+        objectives = [r["objective"] for r in b.history]
+        assert all(y <= x * (1 + 1e-12) for x, y in itertools.pairwise(objectives))
+        kinds = {r["pass"] for r in b.history}
+        assert kinds <= {"full", "active"} and b.history[0]["pass"] == "full"
+
+
+@st.composite
+def problems(draw):
+    """Overlapping blobs in general position, chunked, weighted or not, with initial centers."""
+    n = draw(st.integers(30, 2_500))
+    d = draw(st.integers(1, 6))
+    k = draw(st.integers(2, 10))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    seed = draw(st.integers(0, 2**16))
+    X, _ = make_blobs(
+        n, n_features=d, centers=draw(st.integers(1, 8)), cluster_std=3.0, random_state=seed
+    )
+    X = X.astype(dtype)
+    rng = np.random.default_rng(seed)
+    chunk = draw(st.integers(max(1, n // 12), n))
+    weights = None
+    if draw(st.booleans()):
+        weights = rng.uniform(0, 3, n) * (rng.random(n) > 0.2)  # some rows weigh nothing
+    n_runs = draw(st.integers(1, 3))
+    init = [X[rng.choice(n, k, replace=False)] for _ in range(n_runs)]
+    return X, chunk, weights, init
+
+
+@given(
+    problems(),
+    st.sampled_from(sorted(MARGIN_RULES)),
+    st.integers(1, 80),
+    st.sampled_from([0.0, 1e-4]),
+)
+def test_bounded_has_plain_lloyds_iterations(problem, margin, max_iter, tol):
+    X, chunk, weights, init = problem
+    if tol == 0 and weights is not None:
+        # With tol=0 plain Lloyd also stops where a step moves no center at all, which
+        # a step that moves only rows of zero weight can do; the bounded sums, grouped
+        # otherwise, move the centers there by rounding (1e-29): not the same stop.
+        weights = np.where(weights > 0, weights, 0.5)
+    dX = da.from_array(X, chunks=(chunk, -1))
+    dw = None if weights is None else da.from_array(weights, chunks=chunk)
+    max_active = 1.0 if margin == "every row" else None
+    plain, fast = run_both(
+        dX, init, weights=dw, margin=margin, max_active=max_active, max_iter=max_iter, tol=tol
+    )
+    assert_same_iterations(plain, fast, X.dtype)
+
+
+def test_a_long_fit_reads_x_a_few_times():
+    """Overlapping blobs to the fixed point: most iterations are active passes on few rows."""
+    X, _ = make_blobs(40_000, n_features=4, centers=12, cluster_std=2.5, random_state=3)
+    dX = da.from_array(X, chunks=(5_000, -1))
+    init = [X[np.random.default_rng(0).choice(len(X), 12, replace=False)]]
+    plain, fast = run_both(dX, init, max_iter=300, tol=0)
+    assert_same_iterations(plain, fast, X.dtype)
+    history = fast[0][0].history
+    assert history[-1]["labels_changed"] == 0  # to the fixed point
+    full = [r for r in history if r["pass"] == "full"]
+    assert len(full) <= len(history) / 4, (len(full), len(history))
+    assigned = sum(r["rows_assigned"] for r in history) / (len(X) * len(history))
+    assert assigned < 0.5
+    for record in history:
+        assert record["rows_assigned"] <= record["rows_read"] <= len(X)
+
+
+def test_a_bounded_store_refreshes_more_often_with_the_same_iterations():
+    """With room for a fifth of the rows, the frozen rest is refreshed by full passes."""
+    X, _ = make_blobs(40_000, n_features=4, centers=12, cluster_std=2.5, random_state=3)
+    dX = da.from_array(X, chunks=(5_000, -1))
+    init = [X[np.random.default_rng(0).choice(len(X), 12, replace=False)]]
+    plain, fast = run_both(dX, init, max_iter=300, tol=0, max_active=0.2)
+    assert_same_iterations(plain, fast, X.dtype)
+    history = fast[0][0].history
+    active = [r for r in history if r["pass"] == "active"]
+    assert active and all(r["rows_read"] <= 0.2 * len(X) for r in active)
+    assert sum(r["pass"] == "full" for r in history) > 2
+
+
+def test_dropping_the_drift_check_is_caught():
+    """A mutant that never refreshes frozen rows gets other labels: the check matters here."""
+    X, _ = make_blobs(5_000, n_features=2, centers=6, cluster_std=2.5, random_state=1)
+    dX = da.from_array(X, chunks=(1_000, -1))
+    init = [X[np.random.default_rng(2).choice(len(X), 6, replace=False)]]
+    plain, fast = run_both(dX, init, margin="fixed 0.5", max_iter=100, tol=0)
+    assert_same_iterations(plain, fast, X.dtype)
+    with mock.patch.object(bounded.Reference, "still_frozen", lambda self, centers: True):
+        _, mutant = run_both(dX, init, margin="fixed 0.5", max_iter=100, tol=0)
+    with pytest.raises(AssertionError):
+        assert_same_iterations(plain, mutant, X.dtype)
+
+
+def test_a_cluster_emptied_in_an_active_pass_is_reseeded_by_a_full_pass():
+    """Empty clusters need the farthest rows of all X: the active pass gives way to a full one."""
+    rng = np.random.default_rng(1)  # k large for n, most rows of zero weight: clusters empty
+    X = rng.normal(size=(60, 2)) * rng.uniform(0.5, 3, (60, 1))
+    weights = rng.uniform(0, 2, 60) * (rng.random(60) > 0.7)
+    init = [X[rng.choice(60, 15, replace=False)]]
+    fallbacks = []
+    restore = bounded.ActiveStore.restore
+
+    def counted(self, snapshot):
+        fallbacks.append(1)
+        restore(self, snapshot)
+
+    dX, dw = da.from_array(X, chunks=(20, -1)), da.from_array(weights, chunks=20)
+    with mock.patch.object(bounded.ActiveStore, "restore", counted):
+        plain, fast = run_both(
+            dX, init, weights=dw, margin="every row", max_active=1.0, max_iter=60, tol=0
+        )
+    assert_same_iterations(plain, fast, X.dtype)
+    assert fallbacks and sum(r["reseeded"] for r in fast[0][0].history[1:]) >= len(fallbacks)
+
+
+# -- through the estimator: schedulers, checkpoints, the CLI ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def overlapping():
+    X, _ = make_blobs(24_000, n_features=5, centers=9, cluster_std=3.0, random_state=4)
+    return X
+
+
+PARAMS = dict(n_clusters=9, init="random", n_init=2, random_state=1, tol=0, max_iter=60)
+
+
+def _same_fit(a, b):
+    assert np.array_equal(a.cluster_centers_, b.cluster_centers_)  # bitwise
+    assert a.inertia_ == b.inertia_ and a.n_iter_ == b.n_iter_
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a.history_]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b.history_]
+    np.testing.assert_array_equal(a.labels_.compute(), b.labels_.compute())
+
+
+@pytest.mark.parametrize("max_active", [1.0, 0.2])
+def test_x_is_read_by_the_full_passes_only(overlapping, max_active):
+    source, X = counting_dask_array(overlapping, 3_000)
+    with (
+        dask.config.set(scheduler="threads"),
+        mock.patch.object(bounded, "MAX_ACTIVE_FRACTION", max_active),
+    ):
+        init = overlapping[::2_000][:9]  # given: the random init would read rows too
+        model = KMeans(**{**PARAMS, "init": init, "n_init": 1, "max_iter": 300}).fit(X)
+    assert model.stop_reason_ == "fixed point"  # no final assignment pass
+    full = sum(r["pass"] == "full" for r in model.history_)
+    assert source.reads == X.numblocks[0] * full
+    assert full < model.n_iter_ * (1 / 3 if max_active == 1 else 1)
+
+
+def test_in_process_graph_and_zarr_labels_give_bitwise_the_same_fit(overlapping, tmp_path):
+    in_process = KMeans(**PARAMS, algorithm="bounded").fit(overlapping)
+    assert any(r["pass"] == "active" for r in in_process.history_)
+    lazy = da.from_array(overlapping, chunks=(3_000, -1)).map_blocks(np.array)  # a graph
+    _same_fit(KMeans(**PARAMS).fit(lazy), in_process)  # "auto" is "bounded"
+    with dask.config.set(scheduler="sync"):
+        zarr_labels = KMeans(**PARAMS, label_store="zarr").fit(overlapping)
+    _same_fit(zarr_labels, in_process)
+    plain = KMeans(**PARAMS, algorithm="lloyd").fit(overlapping)
+    np.testing.assert_array_equal(plain.labels_.compute(), in_process.labels_.compute())
+    np.testing.assert_allclose(plain.cluster_centers_, in_process.cluster_centers_, rtol=1e-12)
+
+
+@pytest.mark.distributed
+def test_bounded_on_a_cluster_equals_the_local_fit(overlapping):
+    from distributed import Client, LocalCluster
+
+    local = KMeans(**PARAMS).fit(overlapping)
+    X = da.from_array(overlapping, chunks=(3_000, -1))
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster),
+    ):
+        _same_fit(KMeans(**PARAMS).fit(X), local)
+
+
+@pytest.fixture(scope="module")
+def zarr_data(tmp_path_factory, overlapping):
+    path = tmp_path_factory.mktemp("bounded") / "x.zarr"
+    array = zarr.create_array(path, shape=overlapping.shape, chunks=(3_000, 5), dtype="f8")
+    array[:] = overlapping
+    return str(path)
+
+
+class Interrupted(BaseException):
+    """Stands for a kill."""
+
+
+@mock.patch.object(bounded, "MAX_ACTIVE_FRACTION", 0.2)  # a few refreshes: points to save at
+def test_a_killed_bounded_fit_resumes_to_the_same_result(zarr_data, tmp_path, monkeypatch):
+    params = {**PARAMS, "n_init": 1}
+    reference_fit = KMeans(**params).fit(zarr_data)
+    original = checkpoint.Checkpoint.save
+    saved_at = []
+
+    def counting(self, states):
+        saved_at.append(states[0].n_iter)
+        original(self, states)
+
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", counting)
+    _same_fit(KMeans(**params).fit(zarr_data, checkpoint=tmp_path / "all.zarr"), reference_fit)
+    monkeypatch.undo()
+    # Saved at the start, before every full pass after the first, and at the end.
+    full = [r["iteration"] - 1 for r in reference_fit.history_ if r["pass"] == "full"]
+    assert saved_at[1:-1] == full[1:] and len(full) > 2
+    for call in (2, len(saved_at) // 2, len(saved_at) - 1):
+        calls = []
+
+        def interrupted(self, states, call=call, calls=calls):
+            calls.append(1)
+            original(self, states)
+            if len(calls) == call:
+                raise Interrupted
+
+        out = tmp_path / f"killed-{call}.zarr"
+        monkeypatch.setattr(checkpoint.Checkpoint, "save", interrupted)
+        with pytest.raises(Interrupted):
+            KMeans(**params).fit(zarr_data, checkpoint=out)
+        monkeypatch.undo()
+        assert results.status(out) == "checkpoint"
+        resumed = KMeans(**{**params, "random_state": 99}).fit(
+            zarr_data, checkpoint=out, resume=True
+        )
+        _same_fit(resumed, reference_fit)
+        _same_fit(load(out), reference_fit)
+
+
+def test_a_checkpoint_of_the_other_algorithm_is_refused(zarr_data, tmp_path, monkeypatch):
+    out = tmp_path / "fit.zarr"
+
+    def interrupt(self, states):
+        raise Interrupted
+
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", interrupt)
+    with pytest.raises(Interrupted):
+        KMeans(**PARAMS, algorithm="lloyd").fit(zarr_data, checkpoint=out)
+    monkeypatch.undo()
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="algorithm"):
+        KMeans(**PARAMS, algorithm="bounded").fit(zarr_data, checkpoint=out, resume=True)
+
+
+def test_the_history_says_which_passes_read_what(zarr_data, tmp_path, capsys):
+    model = KMeans(**PARAMS).fit(zarr_data)
+    path = tmp_path / "result.zarr"
+    model.save(path)
+    assert load(path).history_ == model.history_  # kinds and row counts kept
+    assert main(["info", str(path)]) == 0
+    text = capsys.readouterr().out
+    n_active = sum(r["pass"] == "active" for r in model.history_)
+    assert n_active > 0 and text.count("active pass, read") == n_active
+    assert text.count("full pass, read      24000") == model.n_iter_ - n_active
