@@ -19,7 +19,8 @@ Cases (the bounded-Lloyd issue's):
   a  2M x 16 overlapping blobs (cluster_std=6), k=16
   b  china.jpg pixels (scikit-learn) tiled to 2.2M rows x 3, k=16
   c  1M x 8 uniform, k=32
-  d  20M x 32 blobs (2.4 GiB of float32) on a LocalCluster of 2 workers x 1 GB, k=64
+  d  20M x 32 blobs (2.4 GiB of float32, bench_lloyd.py's) on a LocalCluster of 2
+     workers x 1 GB, k=64
 """
 
 from __future__ import annotations
@@ -62,12 +63,13 @@ def case_data(case: str, workdir: str) -> tuple[str, int, str]:
         if not os.path.exists(path):
             _write(path, np.random.default_rng(0).random((1_000_000, 8), dtype=np.float32))
         return path, 32, "1M x 8 uniform"
-    if case == "d":
+    if case == "d":  # bench_lloyd.py's out-of-core array: made once for both
+        path = os.path.join(workdir, "blobs-20000000x32-k64.zarr")
         if not os.path.exists(path):
             make_blobs_zarr(
-                path, n_samples=20_000_000, n_features=32, n_centers=64, cluster_std=3.0, seed=0
+                path, n_samples=20_000_000, n_features=32, n_centers=64, cluster_std=4.0
             )
-        return path, 64, "20M x 32 blobs, 2 workers x 1 GB"
+        return path, 64, "20M x 32 blobs (std 4), 2 workers x 1 GB"
     raise ValueError(f"unknown case {case!r}")
 
 

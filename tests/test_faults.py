@@ -180,8 +180,13 @@ def test_a_worker_killed_mid_iteration(data, reference, tmp_path, label_store):
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["init", "labels", "result"])
 def test_process_killed_then_resumed(data, tmp_path, point):
-    """SIGKILL of `dkmeans fit` during k-means||, during a label write, during the result write."""
+    """SIGKILL of `dkmeans fit` during k-means||, during a label write, during the result write.
+
+    The label write is that of a plain Lloyd pass (saved after every iteration); the
+    other two points are those of the default, bounded fit."""
     model = {"n_clusters": 5, "n_init": 1, "tol": 0, "max_iter": 8, "random_state": 2}
+    if point == "labels":
+        model["algorithm"] = "lloyd"
     out = tmp_path / "out.zarr"
     job = tmp_path / "job.yaml"
     job.write_text(
