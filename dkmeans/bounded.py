@@ -289,40 +289,51 @@ def full_block(
         active, split = _split_block(
             x, weights, labels, upper, lower, centers[run], margins[run], max_active
         )
-        active_states[run].write(_element(active))
+        active_states[run].write(passes.as_element(active))
         results.append((block_stats, split))
     return results
 
 
 def _split_block(x, weights, labels, upper, lower, centers, margin, max_active):
     """The block's active rows (slack at most ``margin``, at most ``max_active`` of them)."""
-    with np.errstate(invalid="ignore"):
-        slack = (lower - upper) - 2 * _U64 * (lower + upper)  # rounded down
-    slack[np.isnan(slack)] = np.inf  # lower = inf: one center, nothing to change to
-    chosen = np.empty(0, dtype=np.int32)
-    if margin is not None:
-        chosen = np.flatnonzero(slack <= margin).astype(np.int32)
-        cap = int(max_active * len(x))
-        if len(chosen) > cap:  # the least slack first; ties by position
-            chosen = np.sort(chosen[np.argsort(slack[chosen], kind="stable")[:cap]])
-    frozen = np.ones(len(x), dtype=np.bool_)
-    frozen[chosen] = False
-    k = len(centers.values)
-    least = np.full(k, np.inf)
-    histogram = np.zeros(kernel.SLACK_BINS, dtype=np.int64)
-    kernel.slack_summary(labels, slack, frozen, least, histogram)
+    k, n = len(centers.values), len(x)
     weights = np.empty(0) if weights is None else np.asarray(weights, np.float64)
-    if len(chosen) == len(x):  # every row: the block itself (no copy of in-memory input)
+    slack, least = np.empty(n), np.full(k, np.inf)
+    histogram = np.zeros(kernel.SLACK_BINS, dtype=np.int64)
+    members = np.zeros(k, dtype=np.int64)
+    candidates = kernel.slack_summary(
+        labels,
+        upper,
+        lower,
+        weights,
+        -np.inf if margin is None else margin,
+        slack,
+        least,
+        histogram,
+        members,
+    )
+    if candidates == n:  # every row: the block itself (no copy of in-memory input)
+        chosen = np.arange(n, dtype=np.int32)
         active = ActiveRows(chosen, np.ascontiguousarray(x), weights, labels, upper, lower)
-    else:
-        active_w = weights[chosen] if len(weights) else weights
-        active_x = np.ascontiguousarray(x[chosen])
-        active = ActiveRows(
-            chosen, active_x, active_w, labels[chosen], upper[chosen], lower[chosen]
-        )
-    weighing = labels[weights > 0] if len(weights) else labels
-    split = Split(least, histogram, len(chosen), np.bincount(weighing, minlength=k))
-    return active, split
+        return active, Split(least, histogram, n, members)
+    chosen = (
+        np.flatnonzero(slack <= margin).astype(np.int32) if candidates else np.empty(0, np.int32)
+    )
+    cap = int(max_active * n)
+    if len(chosen) > cap:  # the least slack first, ties by position; the rest frozen
+        kept = np.sort(chosen[np.argsort(slack[chosen], kind="stable")[:cap]])
+        dropped = np.setdiff1d(chosen, kept)
+        np.minimum.at(least, labels[dropped], slack[dropped])
+        chosen = kept
+    active = ActiveRows(
+        chosen,
+        np.ascontiguousarray(x[chosen]),
+        weights[chosen] if len(weights) else weights,
+        labels[chosen],
+        upper[chosen],
+        lower[chosen],
+    )
+    return active, Split(least, histogram, len(chosen), members)
 
 
 def active_block(
@@ -343,7 +354,7 @@ def active_block(
         new, moves = reassign(
             active_state.read().item(), centers[run], steps[run], references[run]
         )
-        active_state.write(_element(new))
+        active_state.write(passes.as_element(new))
         results.append(moves)
     return results
 
@@ -402,12 +413,6 @@ def patch_block(block: Block, _rows: np.ndarray, *, states: list[BlockState]) ->
         labels[active.rows] = active.labels
         label_state.write(labels)
         active_state.write(element)
-
-
-def _element(value) -> np.ndarray:
-    element = np.empty((1,), dtype=object)
-    element[0] = value
-    return element
 
 
 def _combine_full(parts: list, n_farthest: int) -> tuple[ChunkStats, Split]:
@@ -681,5 +686,11 @@ def bounded_runs(
 
 
 def _can_skip(plan: RunPlan, state: LloydState) -> bool:
-    """Can the run's next pass be an active one?"""
+    """Can the run's next pass be an active one? (Nothing frozen can change label.)
+
+    Not asked is whether it pays: early in a fit most active rows may need an
+    exact assignment, but a full pass instead was measured no faster in
+    memory (on 2M x 16 blobs: 1.70-1.83 s against 1.74 s) and out of core it
+    reads X again (3.4-3.8 s against 2.1 s).
+    """
     return plan.reference is not None and plan.reference.still_frozen(state.centers)

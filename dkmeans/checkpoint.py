@@ -250,7 +250,7 @@ def open_workspace(
         n_init=n_runs,
         split_every=params["split_every"],
         tol=params["tol"],
-        algorithm=validation.resolve_algorithm(params["algorithm"]),
+        algorithm=validation.resolve_algorithm(params["algorithm"], params["max_iter"]),
     )
     found = results.status(checkpoint) if resume else "absent"
     if found == "complete":

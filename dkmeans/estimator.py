@@ -86,7 +86,9 @@ class KMeans:
         label can still change, kept in memory beside the blocks they came
         from (:mod:`dkmeans.bounded`); centers and inertia equal "lloyd"'s
         to rounding (sums are grouped differently). "auto": "bounded", which
-        itself falls back to plain passes where an active set would not pay.
+        itself falls back to plain passes where an active set would not pay,
+        or "lloyd" for ``max_iter < 20`` (too short for the bounded passes to
+        repay bounding every row).
     random_state : int, numpy Generator or RandomState, default=None
         Seeds the initialisation.
     split_every : int, default=8
@@ -300,7 +302,7 @@ class KMeans:
             tol=params["tol"],
             split_every=params["split_every"],
             retries=params["retries"],
-            algorithm=validation.resolve_algorithm(params["algorithm"]),
+            algorithm=validation.resolve_algorithm(params["algorithm"], params["max_iter"]),
             on_pass=workspace.save,
             on_iteration=reporter,
         )

@@ -294,6 +294,33 @@ def _certify(x, centers64, dots_t, centers_sq, labels, best, second, flagged, a,
 # -- distance bounds (for the bounded Lloyd, dkmeans.bounded) ---------------------------------
 
 
+@numba.njit(inline="always")
+def _bound_sqdist(x, c):  # pragma: no cover - compiled
+    """``||x - c||²`` in float64 in four interleaved partial sums (a fixed order).
+
+    For bounds only, where any order within the ``(d + 3) u`` error bound will
+    do: four short chains of additions instead of one long one.
+    """
+    d = x.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    f = 0
+    while f + 4 <= d:
+        e0 = np.float64(x[f]) - c[f]
+        e1 = np.float64(x[f + 1]) - c[f + 1]
+        e2 = np.float64(x[f + 2]) - c[f + 2]
+        e3 = np.float64(x[f + 3]) - c[f + 3]
+        s0 += e0 * e0
+        s1 += e1 * e1
+        s2 += e2 * e2
+        s3 += e3 * e3
+        f += 4
+    while f < d:
+        e0 = np.float64(x[f]) - c[f]
+        s0 += e0 * e0
+        f += 1
+    return (s0 + s1) + (s2 + s3)
+
+
 @numba.njit(nogil=True, cache=True)
 def _row_bounds(x, labels, centers64, best, second, flagged, two_e, up, low):  # pragma: no cover
     """Each row's distance bounds: ``up >= d(x, c_label)``, ``low <= d(x, c_j)`` (j != label).
@@ -312,7 +339,7 @@ def _row_bounds(x, labels, centers64, best, second, flagged, two_e, up, low):  #
     relative = 1.01 * (d + 3) * _U64
     absolute = (d + 3) * 2.0**-1070
     for i in range(n):
-        own_sq = _direct_sqdist(x[i], centers64[labels[i]])
+        own_sq = _bound_sqdist(x[i], centers64[labels[i]])
         up[i] = np.sqrt(own_sq * (1.0 + relative) + absolute) * (1.0 + 2.0 * _U64)
         if k == 1:
             low[i] = np.inf
@@ -823,7 +850,7 @@ def hamerly_filter(x, labels, upper, lower, step, other, centers64, suspects):  
         up = (upper[i] + step[a]) * (1.0 + 4.0 * _U64)
         low = max((lower[i] - other[a]) * (1.0 - 4.0 * _U64), 0.0)
         if not up < low:
-            own_sq = _direct_sqdist(x[i], centers64[a])
+            own_sq = _bound_sqdist(x[i], centers64[a])
             up = np.sqrt(own_sq * (1.0 + relative) + absolute) * (1.0 + 2.0 * _U64)
             if not up < low:
                 suspects[count] = i
@@ -862,21 +889,37 @@ SLACK_BINS = 2048  # histogram bins of slack: 0 for slack <= 0, then by binary e
 
 
 @numba.njit(nogil=True, cache=True)
-def slack_summary(labels, slack, frozen, minima, histogram):  # pragma: no cover - compiled
-    """Per cluster, the least slack of its frozen rows (into ``minima``); every row's slack binned.
+def slack_summary(labels, upper, lower, weights, margin, slack, least, histogram, members):
+    """Each row's slack ``lower - upper`` (rounded down, into ``slack``), and what a split needs.
 
-    Bin 0 holds slack <= 0; bin ``e + 1022`` slack in ``[2^(e-1), 2^e)``
-    (subnormals in bin 1, infinity in the last).
+    Rows of slack at most ``margin`` are active (their count is returned);
+    of the others (frozen) each cluster's least slack goes to ``least``.
+    Every row's slack is binned into ``histogram``: bin 0 holds slack <= 0, bin
+    ``e + 1022`` slack in ``[2^(e-1), 2^e)`` (subnormals in bin 1, infinity in
+    the last). ``members`` counts each cluster's rows of positive weight
+    (``weights`` empty: all).
     """
+    weighted = weights.shape[0] == labels.shape[0]
+    active = 0
     for i in range(labels.shape[0]):
-        value = slack[i]
-        if frozen[i] and value < minima[labels[i]]:
-            minima[labels[i]] = value
+        a = labels[i]
+        if lower[i] == np.inf:  # one center: nothing to change to
+            value = np.inf
+        else:
+            value = (lower[i] - upper[i]) - 2.0 * _U64 * (lower[i] + upper[i])
+        slack[i] = value
+        if value <= margin:
+            active += 1
+        elif value < least[a]:
+            least[a] = value
         if not value > 0.0:
             histogram[0] += 1
         else:
             biased = (np.float64(value).view(np.int64) >> 52) & 0x7FF  # frexp's exponent + 1022
             histogram[min(max(biased, 1), SLACK_BINS - 1)] += 1
+        if not weighted or weights[i] > 0:
+            members[a] += 1
+    return active
 
 
 # -- for seeding (dkmeans.seeding): distances and draws in a fixed order ----------------------

@@ -21,6 +21,10 @@ mean feature variance (scikit-learn's meaning of ``tol``), or after
 assignment pass makes the labels consistent with the final centers, as
 scikit-learn does.
 
+With ``algorithm="bounded"`` the loop is :func:`dkmeans.bounded.bounded_runs`:
+the same iterations, and the same update and stop (:func:`_after_pass`), but
+most passes read only the rows whose label can still change.
+
 Restarts (``n_init``) run together: each task reads its block once and runs
 the kernel for every run still going, and each run's statistics are
 reduced in the same tree, so R runs cost one read of X per pass and each

@@ -361,7 +361,7 @@ def _run_graph(task, arrays, store_passes, combine, split_every, retries, consta
         return key
 
     last = tree_reduce(block_keys, split_every, combine_keys)
-    layer[(name, 0)] = (_as_element, last)
+    layer[(name, 0)] = (as_element, last)
     # A one-element array rather than a Delayed: Dask then optimises it together with
     # the state arrays below, and each block's task runs once for both.
     total = da.Array(
@@ -382,7 +382,8 @@ def _run_graph(task, arrays, store_passes, combine, split_every, retries, consta
     return total.compute().item(), [None if w is None else next(kept_values) for w in written]
 
 
-def _as_element(value: Any) -> np.ndarray:
+def as_element(value: Any) -> np.ndarray:
+    """``value`` as the one element of an object array: how a non-array travels as a block."""
     element = np.empty((1,), dtype=object)
     element[0] = value
     return element

@@ -109,11 +109,21 @@ def _algorithm(value, name):
     return value
 
 
-def resolve_algorithm(algorithm: str) -> str:
-    """The algorithm a fit runs: "auto" is "bounded", whose margin rule decides where
-    an active set pays (:func:`dkmeans.bounded.choose_margin`); a pass without one
-    is a plain Lloyd pass that also bounds the rows' distances."""
-    return "bounded" if algorithm == "auto" else algorithm
+# "auto" runs plain Lloyd for fits capped below this many iterations: a bounded fit's
+# full passes also bound every row's distances (about a third more work in memory), and
+# a fit this short has too few iterations left after them for active passes to repay it.
+AUTO_MIN_ITER = 20
+
+
+def resolve_algorithm(algorithm: str, max_iter: int) -> str:
+    """The algorithm a fit runs: "auto" is "bounded" unless ``max_iter < AUTO_MIN_ITER``.
+
+    The bounded algorithm then decides by itself where an active pass pays
+    (:mod:`dkmeans.bounded`).
+    """
+    if algorithm == "auto":
+        return "lloyd" if max_iter < AUTO_MIN_ITER else "bounded"
+    return algorithm
 
 
 def _label_store(value, name):
@@ -158,7 +168,7 @@ PARAMETERS: dict[str, Parameter] = {
         "auto",
         _algorithm,
         "'lloyd' (every row every iteration), 'bounded' (the same labels, reading only the "
-        "rows that can change) or 'auto' ('bounded')",
+        "rows that can change) or 'auto' ('bounded', 'lloyd' when max_iter < 20)",
     ),
     "random_state": Parameter(
         None,

@@ -356,6 +356,15 @@ def test_a_checkpoint_of_the_other_algorithm_is_refused(zarr_data, tmp_path, mon
         KMeans(**PARAMS, algorithm="bounded").fit(zarr_data, checkpoint=out, resume=True)
 
 
+def test_auto_is_bounded_unless_the_fit_is_capped_short(overlapping):
+    """ "auto" runs plain Lloyd below max_iter=20: its history has no pass kinds."""
+    short = KMeans(**{**PARAMS, "max_iter": 19}).fit(overlapping)
+    assert "pass" not in short.history_[0]
+    _same_fit(short, KMeans(**{**PARAMS, "max_iter": 19, "algorithm": "lloyd"}).fit(overlapping))
+    long = KMeans(**{**PARAMS, "max_iter": 20}).fit(overlapping)
+    _same_fit(long, KMeans(**{**PARAMS, "max_iter": 20, "algorithm": "bounded"}).fit(overlapping))
+
+
 def test_the_history_says_which_passes_read_what(zarr_data, tmp_path, capsys):
     model = KMeans(**PARAMS).fit(zarr_data)
     path = tmp_path / "result.zarr"

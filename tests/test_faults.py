@@ -185,8 +185,7 @@ def test_process_killed_then_resumed(data, tmp_path, point):
     The label write is that of a plain Lloyd pass (saved after every iteration); the
     other two points are those of the default, bounded fit."""
     model = {"n_clusters": 5, "n_init": 1, "tol": 0, "max_iter": 8, "random_state": 2}
-    if point == "labels":
-        model["algorithm"] = "lloyd"
+    model["algorithm"] = "lloyd" if point == "labels" else "bounded"
     out = tmp_path / "out.zarr"
     job = tmp_path / "job.yaml"
     job.write_text(
