@@ -291,6 +291,39 @@ def test_bounded_on_a_cluster_equals_the_local_fit(overlapping):
         _same_fit(KMeans(**PARAMS).fit(X), local)
 
 
+@pytest.mark.distributed
+def test_on_a_cluster_the_active_rows_stay_with_their_block(overlapping, tmp_path):
+    """An active pass's task for block i depends on block i of the active store (and a
+    stand-in for X's rows), nothing else: the active rows stay on the worker that read
+    them, never gathered on the client or copied to every worker; X is not read."""
+    from distributed import Client, LocalCluster
+
+    from tests.test_schedulers import BlockTaskDependencies
+
+    path = tmp_path / "x.zarr"
+    zarr.create_array(path, shape=overlapping.shape, chunks=(3_000, 5), dtype="f8")[:] = (
+        overlapping
+    )
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(BlockTaskDependencies())
+        init = overlapping[::2_000][:9]
+        model = KMeans(**{**PARAMS, "n_init": 1, "init": init, "max_iter": 300}).fit(str(path))
+        seen = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.plugins["block-task-dependencies"].seen
+        )
+    kinds = [r["pass"] for r in model.history_]
+    n_blocks = 8
+    active = [deps for deps in seen if "original-zarr" not in deps]
+    assert kinds.count("active") > 0
+    assert len(seen) - len(active) == n_blocks * kinds.count("full")  # X read: full passes
+    # Active passes (and the labels written back): one block of state each, and a stand-in.
+    assert active and all(deps.count("written_of") <= 2 and len(deps) <= 3 for deps in active)
+    assert all(len(deps) <= 3 for deps in seen)
+
+
 @pytest.fixture(scope="module")
 def zarr_data(tmp_path_factory, overlapping):
     path = tmp_path_factory.mktemp("bounded") / "x.zarr"
