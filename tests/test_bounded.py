@@ -279,23 +279,11 @@ def test_in_process_graph_and_zarr_labels_give_bitwise_the_same_fit(overlapping,
 
 
 @pytest.mark.distributed
-def test_bounded_on_a_cluster_equals_the_local_fit(overlapping):
-    from distributed import Client, LocalCluster
-
-    local = KMeans(**PARAMS).fit(overlapping)
-    X = da.from_array(overlapping, chunks=(3_000, -1))
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster),
-    ):
-        _same_fit(KMeans(**PARAMS).fit(X), local)
-
-
-@pytest.mark.distributed
 def test_on_a_cluster_the_active_rows_stay_with_their_block(overlapping, tmp_path):
-    """An active pass's task for block i depends on block i of the active store (and a
-    stand-in for X's rows), nothing else: the active rows stay on the worker that read
-    them, never gathered on the client or copied to every worker; X is not read."""
+    """On a cluster the fit is bitwise the local one (restarts, in-memory X), and an active
+    pass's task for block i depends on block i of the active store (and a stand-in for X's
+    rows), nothing else: the active rows stay on the worker that read them, never gathered
+    on the client or copied to every worker; X is not read."""
     from distributed import Client, LocalCluster
 
     from tests.test_schedulers import BlockTaskDependencies
@@ -308,6 +296,8 @@ def test_on_a_cluster_the_active_rows_stay_with_their_block(overlapping, tmp_pat
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
+        local = KMeans(**PARAMS).fit(overlapping)
+        _same_fit(KMeans(**PARAMS).fit(da.from_array(overlapping, chunks=(3_000, -1))), local)
         client.register_plugin(BlockTaskDependencies())
         init = overlapping[::2_000][:9]
         model = KMeans(**{**PARAMS, "n_init": 1, "init": init, "max_iter": 300}).fit(str(path))
