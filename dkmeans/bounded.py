@@ -42,7 +42,8 @@ that reach the same partition may tie on inertia differently.
 
 **Memory.** The store holds at most ``max_active`` of each block's rows
 (those of least slack; the frozen rows' least slack then says how long the
-set lasts): :data:`ACTIVE_MEMORY_BYTES` for all runs, at most
+set lasts): :data:`ACTIVE_MEMORY_BYTES` for all runs of a fit (for each k
+still running in a sweep over k, :func:`dkmeans.sweep`), at most
 :data:`MAX_ACTIVE_FRACTION` of the rows; a row takes its values plus 29
 bytes (position, weight, label, two float64 bounds). Data within the budget
 is thus held whole after the first pass, and read from storage once or
@@ -515,11 +516,13 @@ class BoundedRuns:
         """A full pass for ``runs``: each run's totals, and its frozen rows' totals kept."""
         self.decide_margins(runs, states)
         self.patch(runs)
-        X, n, k = self.X, self.X.shape[0], len(states[runs[0]].centers)
+        X, n = self.X, self.X.shape[0]
         results = passes.map_reduce(
             full_block,
             [X, self.weights],
-            combine=passes.per_run(partial(_combine_full, n_farthest=k)),
+            combine=passes.per_run(
+                [partial(_combine_full, n_farthest=len(states[run].centers)) for run in runs]
+            ),
             split_every=self.split_every,
             states=[s for run in runs for s in (self.label_stores[run], self.active_stores[run])],
             retries=self.retries,
@@ -619,6 +622,7 @@ def bounded_runs(
     on_iteration: Callable[[int, dict], None] | None = None,
     on_pass: Callable[[list[LloydState]], None] | None = None,
     margin_rule: Callable[[MarginInputs], float | None] = choose_margin,
+    runs_per_fit: int | None = None,
 ) -> None:
     """Run the runs in ``states`` to their stop with the bounded Lloyd (module docstring).
 
@@ -628,9 +632,14 @@ def bounded_runs(
     called where every run's next pass is a full one, once the label stores
     hold every run's latest labels: continuing from there is bitwise the same.
     ``margin_rule(inputs)`` gives a full pass's margin (:class:`MarginInputs`).
+    The runs of one fit (``runs_per_fit``, default all) share one budget of
+    :data:`ACTIVE_MEMORY_BYTES`, so that a run's passes, hence its rounding,
+    do not depend on how many fits run beside it (a sweep over k); a run's
+    active rows are let go as soon as it stops.
     """
     row_bytes = X.shape[1] * X.dtype.itemsize + 32  # values, position, weight, label, bounds
-    budget = ACTIVE_MEMORY_BYTES / (len(states) * X.shape[0] * row_bytes)
+    runs_per_fit = len(states) if runs_per_fit is None else runs_per_fit
+    budget = ACTIVE_MEMORY_BYTES / (runs_per_fit * X.shape[0] * row_bytes)
     loop = BoundedRuns(
         X=X,
         weights=weights,
@@ -679,10 +688,16 @@ def bounded_runs(
                 record.update(counts, seconds=seconds)
                 if on_iteration is not None:
                     on_iteration(run, record)
-    loop.patch(everyone)
-    for run, store in enumerate(loop.active_stores):
-        store.discard()
-        states[run].label_writes = stores[run].passes
+        _let_go(loop, [run for run in found if states[run].inertia is not None], states)
+    _let_go(loop, everyone, states)
+
+
+def _let_go(loop: BoundedRuns, runs: list[int], states: list[LloydState]) -> None:
+    """Runs that have stopped: their latest labels into their label stores, active rows freed."""
+    loop.patch(runs)
+    for run in runs:
+        loop.active_stores[run].discard()
+        states[run].label_writes = loop.label_stores[run].passes
 
 
 def _can_skip(plan: RunPlan, state: LloydState) -> bool:

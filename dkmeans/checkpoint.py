@@ -56,7 +56,7 @@ def fingerprint(
     X: da.Array,
     *,
     weighted: bool,
-    n_clusters: int,
+    n_clusters: int | list[int],
     n_init: int,
     split_every: int,
     tol: float,
@@ -69,6 +69,7 @@ def fingerprint(
     initialisation parameters do not matter once the initial centers are saved.
     The algorithm is recorded only when it is "bounded" (whose sums are grouped
     otherwise), so checkpoints of plain Lloyd fits from before it existed match.
+    A sweep over k (:func:`dkmeans.sweep`) records its list of k.
     """
     chunks = ",".join(map(str, X.chunks[0])).encode()
     return {
@@ -123,6 +124,14 @@ class Workspace:
         """``fitted`` with the chosen run's labels (a lazy dask array)."""
         return dataclasses.replace(fitted, labels=self.stores[run].values())
 
+    def finish_members(
+        self, chosen: dict[str, tuple[int, results.Result]], attrs: dict[str, Any]
+    ) -> dict[str, results.Result]:
+        """A sweep's end: the result of each chosen (run, result), by name."""
+        return {
+            name: Workspace.finish(self, run, fitted) for name, (run, fitted) in chosen.items()
+        }
+
 
 class Checkpoint(Workspace):
     """The result group of a running fit, and its saved state: see the module docstring."""
@@ -134,27 +143,26 @@ class Checkpoint(Workspace):
         self._centers_written: dict[int, tuple[int, int]] = {}
 
     @classmethod
-    def create(cls, path, X: da.Array, *, n_clusters, n_runs, labels_dtype, attrs) -> Checkpoint:
-        """Start a new result group at ``path``, replacing whatever is there."""
+    def create(
+        cls, path, X: da.Array, *, n_clusters: list[int], labels_dtype, attrs
+    ) -> Checkpoint:
+        """Start a new result group at ``path``, replacing whatever is there (k of each run)."""
         group = zarr.open_group(store=os.fspath(path), mode="w")
         group.attrs.update(results.jsonable(attrs))
         state_group = group.create_group(results.UNFINISHED)
         state_group.attrs["format"] = FORMAT
         stores = []
-        for run in range(n_runs):
+        for run, k in enumerate(n_clusters):
             run_group = state_group.create_group(_run_name(run))
             labels = state.create_array(run_group, X.chunks[0], labels_dtype)
             run_group.create_array(
-                "centers",
-                shape=(2, n_clusters, X.shape[1]),
-                chunks=(1, n_clusters, X.shape[1]),
-                dtype=X.dtype,
+                "centers", shape=(2, k, X.shape[1]), chunks=(1, k, X.shape[1]), dtype=X.dtype
             )
             stores.append(state.ZarrStore(X.chunks[0], labels_dtype, array=labels))
         return cls(group, stores)
 
     @classmethod
-    def open(cls, path, X: da.Array, *, labels_dtype, fingerprint: dict) -> Checkpoint:
+    def open(cls, path, X: da.Array, *, n_runs, labels_dtype, fingerprint: dict) -> Checkpoint:
         """Open an unfinished fit's group to continue it (``states`` None: start it again).
 
         Raises
@@ -172,7 +180,7 @@ class Checkpoint(Workspace):
                 f"cannot continue the fit saved at {os.fspath(path)!r}: its checkpoint format "
                 f"is {state_group.attrs.get('format')!r}, this dkmeans reads format {FORMAT}"
             )
-        runs = [state_group[_run_name(run)] for run in range(fingerprint["n_init"])]
+        runs = [state_group[_run_name(run)] for run in range(n_runs)]
         saved = state_group.attrs.get("state")
         records = [None] * len(runs) if saved is None else saved["runs"]
         stores, states = [], []
@@ -219,6 +227,19 @@ class Checkpoint(Workspace):
         del self.group[results.UNFINISHED]
         return results.read_result(self.group)
 
+    def finish_members(
+        self, chosen: dict[str, tuple[int, results.Result]], attrs: dict[str, Any]
+    ) -> dict[str, results.Result]:
+        """A sweep's end: each chosen run's result as member ``name``, then ``attrs``, complete."""
+        self.group.attrs.pop(results.COMPLETE_ATTR, None)
+        for name, (run, fitted) in chosen.items():
+            member = self.group.require_group(name)
+            results.write_result(member, Workspace.finish(self, run, fitted))
+        self.group.attrs.update(results.jsonable(attrs))
+        del self.group[results.UNFINISHED]
+        self.group.attrs[results.COMPLETE_ATTR] = True  # last
+        return {name: results.read_result(self.group[name]) for name in chosen}
+
 
 def open_workspace(
     checkpoint: str | os.PathLike | None,
@@ -226,7 +247,7 @@ def open_workspace(
     resume: bool,
     X: da.Array,
     weighted: bool,
-    n_clusters: int,
+    n_clusters: int | list[int],
     n_runs: int,
     params: dict[str, Any],
     attrs: dict[str, Any],
@@ -238,10 +259,16 @@ def open_workspace(
     is the same fit (:func:`fingerprint`); otherwise (or if there is nothing
     there) a new checkpoint replaces whatever is at ``checkpoint``. Without
     a checkpoint, the label stores are the ``label_store`` parameter's.
+    ``n_clusters`` a list: a sweep over k, ``n_runs`` runs of each k in turn
+    (a finished sweep is not read back here: :func:`dkmeans.sweep` does).
     """
-    labels_dtype = state.label_dtype(n_clusters)
+    ks = [n_clusters] if isinstance(n_clusters, int) else list(n_clusters)
+    run_clusters = [k for k in ks for _ in range(n_runs)]
+    labels_dtype = state.label_dtype(max(ks))
     if checkpoint is None:
-        stores = state.make_stores(params["label_store"], X.chunks[0], labels_dtype, n_runs)
+        stores = state.make_stores(
+            params["label_store"], X.chunks[0], labels_dtype, len(run_clusters)
+        )
         return Workspace(stores)
     expected = fingerprint(
         X,
@@ -259,12 +286,17 @@ def open_workspace(
         check_fingerprint(workspace.result.attrs.get("fingerprint", {}), expected, checkpoint)
         return workspace
     if found == "checkpoint":
-        return Checkpoint.open(checkpoint, X, labels_dtype=labels_dtype, fingerprint=expected)
+        return Checkpoint.open(
+            checkpoint,
+            X,
+            n_runs=len(run_clusters),
+            labels_dtype=labels_dtype,
+            fingerprint=expected,
+        )
     return Checkpoint.create(
         checkpoint,
         X,
-        n_clusters=n_clusters,
-        n_runs=n_runs,
+        n_clusters=run_clusters,
         labels_dtype=labels_dtype,
         attrs={**attrs, "fingerprint": expected},
     )
@@ -282,6 +314,8 @@ def _record(run_state: LloydState) -> dict[str, Any]:
         "final_pass": run_state.final_pass,
         "label_writes": run_state.label_writes,
         "next_margin": run_state.next_margin,
+        "final_sums": run_state.final_sums,
+        "final_weights": run_state.final_weights,
     }
 
 
@@ -301,7 +335,13 @@ def _state(record: dict[str, Any], centers: zarr.Array) -> LloydState:
         final_pass=record["final_pass"],
         label_writes=record.get("label_writes"),
         next_margin=record.get("next_margin"),
+        final_sums=_array_or_none(record.get("final_sums")),
+        final_weights=_array_or_none(record.get("final_weights")),
     )
+
+
+def _array_or_none(values: list | None) -> np.ndarray | None:
+    return None if values is None else np.asarray(values, dtype=np.float64)
 
 
 def _run_name(run: int) -> str:

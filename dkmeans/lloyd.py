@@ -62,6 +62,9 @@ class LloydResult:
     n_iter: int  # Lloyd iterations run (the final assignment pass not counted)
     stop_reason: str  # FIXED_POINT, TOL or MAX_ITER
     history: list[dict] = field(default_factory=list)
+    # The final labels' clusters: (weighted) sums and weights (LloydState.keep_final).
+    label_sums: np.ndarray | None = None
+    label_weights: np.ndarray | None = None
 
     @property
     def converged(self) -> bool:
@@ -135,7 +138,7 @@ def lloyd_pass(
     X : dask.array.Array of shape (n, d)
         Float data, one chunk along columns.
     centers : list of ndarray of shape (k, d)
-        Each run's centers, in X's dtype.
+        Each run's centers, in X's dtype (runs may differ in k).
     stores : list of RowStore
         Each run's label store: gives the previous labels, receives the new ones.
     weights : dask.array.Array of shape (n,), optional
@@ -159,7 +162,7 @@ def lloyd_pass(
     return passes.map_reduce(
         lloyd_block,
         [X, weights],
-        combine=passes.per_run(partial(stats.combine, n_farthest=len(centers[0]))),
+        combine=passes.per_run([partial(stats.combine, n_farthest=len(c)) for c in centers]),
         split_every=split_every,
         states=stores,
         retries=retries,
@@ -200,14 +203,20 @@ def update_centers(totals: ChunkStats, centers: np.ndarray) -> tuple[np.ndarray,
     return new.astype(centers.dtype), n_reseeded
 
 
-def check_objective(previous: float, current: float, dtype: np.dtype, iteration: int) -> None:
+def check_objective(
+    previous: float, current: float, dtype: np.dtype, iteration: int, scale: float = 0.0
+) -> None:
     """Warn with :class:`~dkmeans.errors.ObjectiveIncreaseWarning` if the objective rose.
 
     The allowance for floating-point noise is ``sqrt(eps)`` of the data's
-    dtype, relative: rounding a mean to the data's dtype raises the
-    objective by a second-order amount only, far below this.
+    dtype, relative to the objective plus ``eps`` times ``scale``, the
+    centers' weighted squared norms ``sum_j W_j ||c_j||^2``: rounding a mean
+    (to float64, then to the data's dtype) moves it by about ``eps ||c_j||``
+    and raises the objective by ``W_j`` times its square, which matters only
+    where the objective is (near) zero, every row at its center.
     """
-    noise = np.sqrt(np.finfo(dtype).eps) * abs(previous)
+    eps = np.finfo(dtype).eps
+    noise = np.sqrt(eps) * (abs(previous) + eps * scale)
     if current > previous + noise:
         warnings.warn(
             f"k-means objective rose at iteration {iteration}: {previous!r} -> {current!r} "
@@ -237,6 +246,15 @@ class LloydState:
     final_pass: bool = False  # did an assignment-only pass follow the stop?
     label_writes: int | None = None  # the label store's passes, where not one per pass (bounded)
     next_margin: float | None = None  # the bounded algorithm's margin for its next (full) pass
+    # Once inertia is known: the (weighted) sums and weights of the final labels'
+    # clusters, so their means (for cluster-quality scores, dkmeans.sweep).
+    final_sums: np.ndarray | None = None
+    final_weights: np.ndarray | None = None
+
+    def keep_final(self, totals: ChunkStats) -> None:
+        """The final labels are those of ``totals``: keep their objective and cluster totals."""
+        self.inertia = totals.objective
+        self.final_sums, self.final_weights = totals.sums, totals.weights
 
     @property
     def label_passes(self) -> int:
@@ -308,6 +326,7 @@ def lloyd_runs(
     retries: int = 0,
     algorithm: str = "lloyd",
     margin_rule: Callable | None = None,
+    runs_per_fit: int | None = None,
 ) -> list[LloydResult]:
     """Run one or more Lloyd runs (restarts) at once, sharing every pass over X.
 
@@ -353,6 +372,9 @@ def lloyd_runs(
     margin_rule : callable, optional
         The bounded algorithm's margin rule (for tests; see
         :func:`dkmeans.bounded.bounded_runs`).
+    runs_per_fit : int, optional
+        The bounded algorithm's runs that share one fit's memory budget
+        (default: all; a sweep over k gives ``n_init``).
 
     Returns
     -------
@@ -377,6 +399,7 @@ def lloyd_runs(
             retries=retries,
             on_iteration=on_iteration,
             on_pass=on_pass,
+            runs_per_fit=runs_per_fit,
             **rule,
         )
         if on_pass is not None:
@@ -426,6 +449,8 @@ def _results(states: list[LloydState]) -> list[LloydResult]:
             n_iter=state.n_iter,
             stop_reason=state.stop_reason,
             history=state.history,
+            label_sums=state.final_sums,
+            label_weights=state.final_weights,
         )
         for state in states
     ]
@@ -461,10 +486,17 @@ def _after_pass(
         return _iterate(state, totals, max_iter=max_iter, dtype=dtype)
     # Stopped short of an exact fixed point: this pass made the labels match
     # the final centers (as scikit-learn does).
-    state.inertia = totals.objective
+    state.keep_final(totals)
     state.final_pass = True
-    check_objective(state.last_objective, state.inertia, dtype, state.n_iter)
+    check_objective(
+        state.last_objective, state.inertia, dtype, state.n_iter, _scale(totals, state.centers)
+    )
     return None
+
+
+def _scale(totals: ChunkStats, centers: np.ndarray) -> float:
+    """The centers' weighted squared norms (see :func:`check_objective`)."""
+    return float(totals.weights @ np.sum(centers.astype(np.float64) ** 2, axis=1))
 
 
 def _iterate(state: LloydState, totals: ChunkStats, *, max_iter: int, dtype: np.dtype) -> dict:
@@ -482,7 +514,9 @@ def _iterate(state: LloydState, totals: ChunkStats, *, max_iter: int, dtype: np.
         "center_shift": shift,
         "reseeded": n_reseeded,
     }
-    check_objective(state.last_objective, totals.objective, dtype, iteration + 1)
+    check_objective(
+        state.last_objective, totals.objective, dtype, iteration + 1, _scale(totals, state.centers)
+    )
     state.history.append(record)
     state.n_iter = iteration + 1
     state.exact_final = bool(np.array_equal(new_centers, state.centers))
@@ -490,7 +524,7 @@ def _iterate(state: LloydState, totals: ChunkStats, *, max_iter: int, dtype: np.
     if totals.changed == 0:
         state.stop_reason = FIXED_POINT
         if state.exact_final:
-            state.inertia = totals.objective  # these labels are final
+            state.keep_final(totals)  # these labels are final
     elif shift <= state.tol_abs:
         state.stop_reason = TOL
     elif state.n_iter >= max_iter:

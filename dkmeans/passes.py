@@ -147,15 +147,21 @@ def map_reduce(
     return total
 
 
-def per_run(combine: Callable[[list], Any]) -> Callable[[list[list]], list]:
+def per_run(
+    combine: Callable[[list], Any] | Sequence[Callable[[list], Any]],
+) -> Callable[[list[list]], list]:
     """A combine for results that are lists with one entry per run (restart): run by run.
 
-    Every run's entries are combined in the same tree, so each run's total
-    is bitwise what it would be reduced alone.
+    ``combine`` is one function for every run, or one per run. Every run's
+    entries are combined in the same tree, so each run's total is bitwise
+    what it would be reduced alone.
     """
 
     def combine_runs(parts: list[list]) -> list:
-        return [combine(list(run_parts)) for run_parts in zip(*parts, strict=True)]
+        by_run = zip(*parts, strict=True)
+        if callable(combine):
+            return [combine(list(run_parts)) for run_parts in by_run]
+        return [f(list(run_parts)) for f, run_parts in zip(combine, by_run, strict=True)]
 
     return combine_runs
 

@@ -12,6 +12,7 @@ for any scheduler and (k-means|| up to floating-point ties) any chunking.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dask.array as da
@@ -170,15 +171,16 @@ def _round_task(
     Row i is sampled when ``u_i * cost < l * w_i * d_i^2`` with the *total*
     cost; the block only knows its own cost, which is smaller, so it keeps
     the rows that pass with it (a superset, about ``l`` rows per block) and
-    the client applies the exact rule once the total is known.
+    the client applies the exact rule once the total is known. ``oversampling``
+    holds each run's l.
     """
     if check:
         validation.check_finite_block(x, block.index, block.start)
         if weights is not None:
             validation.check_weights_block(weights, block.index, block.start)
     results = []
-    for run, (run_candidates, first, key) in enumerate(
-        zip(candidates, first_new, keys, strict=True)
+    for run, (run_candidates, first, key, l_factor) in enumerate(
+        zip(candidates, first_new, keys, oversampling, strict=True)
     ):
         nearest_state, sqdist_state = states[2 * run], states[2 * run + 1]
         nearest, sqdist = kernel.nearer(
@@ -193,7 +195,7 @@ def _round_task(
         wd = sqdist if weights is None else sqdist * weights
         cost = kernel.fixed_sum(wd)
         draws = row_uniforms(key, block.start, len(x))
-        keep = np.flatnonzero(draws * cost < oversampling * wd)
+        keep = np.flatnonzero(draws * cost < l_factor * wd)
         results.append(Candidates(cost, block.start + keep, draws[keep], wd[keep], x[keep]))
     return results
 
@@ -256,7 +258,7 @@ class RaceWinner:
 
 def kmeans_parallel(
     X: da.Array,
-    n_clusters: int,
+    n_clusters: int | Sequence[int],
     *,
     rngs: list[np.random.Generator],
     weights: da.Array | None = None,
@@ -291,16 +293,21 @@ def kmeans_parallel(
     same under every scheduler and, up to ties in floating point, for every
     chunking of X.
 
+    ``n_clusters`` may give each run its own k (a sweep over k,
+    :func:`dkmeans.sweep`): run r then draws as a fit with ``n_clusters[r]``
+    alone would.
+
     Returns
     -------
     list of ndarray of shape (n_clusters, d), in X's dtype, one per run
     """
     n_runs = len(rngs)
+    ks = per_run_clusters(n_clusters, n_runs)
+    l_factors = [oversampling * k for k in ks]
     candidates = _first_centers(X, rngs, weights, split_every, retries)
     stores = _state_stores(state, X.chunks[0], n_runs)
     try:
         first_new = [0] * n_runs  # the candidates each run's state does not account for yet
-        l_factor = oversampling * n_clusters
         growing = list(range(n_runs))  # runs still sampling
         for round_ in range(rounds):
             if not growing:
@@ -315,20 +322,19 @@ def kmeans_parallel(
                 split_every,
                 retries,
                 keys=[_draw_key(rngs[run]) for run in growing],
-                oversampling=l_factor,
+                oversampling=[l_factors[run] for run in growing],
                 check=round_ == 0,
             )
             for run, run_found in zip(list(growing), found, strict=True):
                 if run_found.cost == 0:  # every row is a candidate already
                     growing.remove(run)
                     continue
-                new = run_found.draws * run_found.cost < l_factor * run_found.weighted_sqdist
+                weighted_sqdist = l_factors[run] * run_found.weighted_sqdist
+                new = run_found.draws * run_found.cost < weighted_sqdist
                 candidates[run] = np.concatenate([candidates[run], run_found.points[new]])
-        for run, rng in enumerate(rngs):
-            if len(candidates[run]) < n_clusters:  # few distinct rows: complete with random ones
-                extra = rng.choice(
-                    X.shape[0], size=n_clusters - len(candidates[run]), replace=False
-                )
+        for run, (rng, k) in enumerate(zip(rngs, ks, strict=True)):
+            if len(candidates[run]) < k:  # few distinct rows: complete with random ones
+                extra = rng.choice(X.shape[0], size=k - len(candidates[run]), replace=False)
                 extra_rows = _take_rows(X, np.sort(extra), retries)
                 candidates[run] = np.concatenate([candidates[run], extra_rows])
         everyone = list(range(n_runs))
@@ -342,7 +348,7 @@ def kmeans_parallel(
             split_every,
             retries,
             keys=[None] * n_runs,
-            oversampling=l_factor,
+            oversampling=l_factors,
             check=rounds == 0,
         )
     finally:  # the per-row state is not needed after the last pass
@@ -350,8 +356,8 @@ def kmeans_parallel(
             for store in run_stores:
                 store.discard()
     return [
-        greedy_kmeans_plusplus(run_candidates, n_clusters, rng, weights=mass)
-        for run_candidates, rng, mass in zip(candidates, rngs, masses, strict=True)
+        greedy_kmeans_plusplus(run_candidates, k, rng, weights=mass)
+        for run_candidates, k, rng, mass in zip(candidates, ks, rngs, masses, strict=True)
     ]
 
 
@@ -388,9 +394,19 @@ def _state_stores(spec, row_chunks, n_runs: int) -> list[tuple[state.RowStore, s
     return list(zip(nearest, sqdist, strict=True))
 
 
+def per_run_clusters(n_clusters: int | Sequence[int], n_runs: int) -> list[int]:
+    """Each run's k: one k for every run, or one per run (a sweep over k)."""
+    if isinstance(n_clusters, int | np.integer):
+        return [int(n_clusters)] * n_runs
+    ks = [int(k) for k in n_clusters]
+    if len(ks) != n_runs:
+        raise ValueError(f"got {len(ks)} values of n_clusters for {n_runs} runs")
+    return ks
+
+
 def initial_centers(
     X: da.Array,
-    n_clusters: int,
+    n_clusters: int | Sequence[int],
     init,
     *,
     rngs: list[np.random.Generator],
@@ -411,7 +427,8 @@ def initial_centers(
     Parameters
     ----------
     X : dask.array.Array of shape (n, d)
-    n_clusters : int
+    n_clusters : int or sequence of int
+        k, or each run's k (a sweep over k; not with an array ``init``).
     init : {"k-means||", "k-means++", "random"} or array of shape (n_clusters, d)
     rngs : list of numpy.random.Generator
         One per run (see :func:`spawn_generators`).
@@ -436,6 +453,8 @@ def initial_centers(
     list of ndarray of shape (n_clusters, d), in X's dtype, one per run
     """
     if not isinstance(init, str):
+        if not isinstance(n_clusters, int | np.integer):
+            raise ValueError("an init array gives one k: it cannot start runs of several k")
         centers = _checked_init_array(init, n_clusters, X.shape[1]).astype(X.dtype)
         return [centers for _ in rngs]
     if init == "k-means||":
@@ -457,25 +476,29 @@ def initial_centers(
     raise ValueError(f"init must be 'k-means||', 'k-means++', 'random' or an array, got {init!r}")
 
 
-def _random_rows(X, n_clusters: int, rngs, weights, retries: int) -> list[np.ndarray]:
+def _random_rows(X, n_clusters, rngs, weights, retries: int) -> list[np.ndarray]:
     """k distinct rows per run (drawn with probability proportional to weight)."""
+    ks = per_run_clusters(n_clusters, len(rngs))
     p = None
     if weights is not None:
         (w,) = passes.compute(weights, retries=retries)
         p = w / w.sum()
-        if np.count_nonzero(p) < n_clusters:
+        if np.count_nonzero(p) < max(ks):
             raise ValueError(
-                f"init='random' needs at least n_clusters={n_clusters} rows of "
+                f"init='random' needs at least n_clusters={max(ks)} rows of "
                 f"positive sample_weight, got {np.count_nonzero(p)}"
             )
-    rows = [rng.choice(X.shape[0], size=n_clusters, replace=False, p=p) for rng in rngs]
+    rows = [
+        rng.choice(X.shape[0], size=k, replace=False, p=p) for rng, k in zip(rngs, ks, strict=True)
+    ]
     centers = _take_rows(X, np.concatenate(rows), retries)
     validation.check_finite_block(centers, block=0, row_offset=0, name="X (init rows)")
-    return np.split(centers, len(rngs))
+    return np.split(centers, np.cumsum(ks)[:-1])
 
 
-def _kmeans_plusplus(X, n_clusters: int, rngs, weights, sample_size, retries: int):
+def _kmeans_plusplus(X, n_clusters, rngs, weights, sample_size, retries: int):
     """Greedy k-means++ per run, on all rows of a small X or on each run's sample of rows."""
+    ks = per_run_clusters(n_clusters, len(rngs))
     n, d = X.shape
     if n * d * X.dtype.itemsize <= KMEANS_PLUSPLUS_MAX_BYTES:  # all rows, for every run
         taken, w = passes.compute(X, weights, retries=retries)
@@ -492,8 +515,8 @@ def _kmeans_plusplus(X, n_clusters: int, rngs, weights, sample_size, retries: in
             w = np.split(w, len(rngs))
     validation.check_finite_block(taken, block=0, row_offset=0, name="X (init sample)")
     return [
-        greedy_kmeans_plusplus(run_points, n_clusters, rng, weights=run_w)
-        for run_points, rng, run_w in zip(points, rngs, w, strict=True)
+        greedy_kmeans_plusplus(run_points, k, rng, weights=run_w)
+        for run_points, k, rng, run_w in zip(points, ks, rngs, w, strict=True)
     ]
 
 

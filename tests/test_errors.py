@@ -241,3 +241,8 @@ def test_floating_point_noise_in_the_objective_does_not_warn():
         warnings.simplefilter("error")
         check_objective(100.0, 100.0 * (1 + 1e-12), np.dtype(np.float64), 4)
         check_objective(100.0, 100.0 * (1 + 1e-5), np.dtype(np.float32), 4)
+        # Every row at its center: the rounding of the means is all there is
+        # (found by hypothesis: weighted means of 1/3 a rounding off 1/3).
+        check_objective(0.0, 1.1e-31, np.dtype(np.float64), 1, scale=6.0)
+    with pytest.warns(ObjectiveIncreaseWarning):
+        check_objective(0.0, 1e-12, np.dtype(np.float64), 1, scale=6.0)
