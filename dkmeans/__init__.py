@@ -11,6 +11,7 @@ Where each part lives (a newcomer finds the algorithm in ``lloyd.py`` and
   in-process, retries, one BLAS thread per task)
 - ``state``: per-row state kept between passes (labels, ...), in memory or Zarr
 - ``seeding``: initial centers (k-means||, k-means++, random, an array)
+- ``sweeps``: :func:`sweep`, choosing k (all k in the same passes, cluster-quality scores)
 - ``checkpoint``: the fit's workspace, checkpoints and resume
 - ``results``: the result-group format (save, load, describe)
 - ``inputs``: opening X and weights; ``validation``: the parameter table and data checks
@@ -30,6 +31,7 @@ from dkmeans.errors import (
     ParameterTypeError,
 )
 from dkmeans.estimator import KMeans, load
+from dkmeans.sweeps import Sweep, load_sweep, sweep
 
 __all__ = [
     "CheckpointMismatchError",
@@ -40,8 +42,11 @@ __all__ = [
     "NotFittedError",
     "ObjectiveIncreaseWarning",
     "ParameterTypeError",
+    "Sweep",
     "__version__",
     "load",
+    "load_sweep",
+    "sweep",
 ]
 
 

@@ -25,7 +25,7 @@ _bars_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("dkmeans_ba
 
 def format_record(record: dict) -> str:
     """One iteration's history record as one line (prefixed by its run, with n_init > 1)."""
-    run = f"run {record['run']:2d}  " if "run" in record else ""
+    run = f"run {record['run']:>2}  " if "run" in record else ""
     rows = ""
     if "pass" in record:  # a bounded fit's
         rows = f"  {record['pass']:>6} pass, read {record['rows_read']:>10d}"

@@ -199,8 +199,18 @@ def _read_history(hist: zarr.Group) -> list[dict]:
     return history
 
 
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The attributes of the group at ``path`` (an error naming it if there is none)."""
+    try:
+        return dict(zarr.open_group(store=os.fspath(path), mode="r").attrs)
+    except FileNotFoundError as err:
+        raise InputNotFoundError(f"no dkmeans result group at {os.fspath(path)!r}") from err
+
+
 def describe(path: str | os.PathLike) -> dict[str, Any]:
     """What ``dkmeans info`` shows: a result group, or the saved progress of an unfinished fit.
+
+    A sweep's group (:func:`dkmeans.sweep`) shows its attributes, the table among them.
 
     Raises
     ------
@@ -208,6 +218,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         If ``path`` holds neither.
     """
     found = status(path)
+    if found == "complete" and "sweep" in read_attrs(path):  # dkmeans.sweeps' group
+        return {"status": "complete", **read_attrs(path), "history": []}
     if found == "complete":
         result = read_result(path)
         return {"status": "complete", **result.attrs, "history": result.history}
