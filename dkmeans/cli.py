@@ -4,6 +4,7 @@
 
     dkmeans fit JOB.yaml [--resume] [--set KEY=VALUE]... [--input P] [--output P]
                          [--n-clusters K] [--max-iter N] [--scheduler S] [-v | -q] [--progress]
+    dkmeans sweep JOB.yaml [--k 2:32] [--plot FILE.png] [the options of fit]
     dkmeans make-blobs PATH --n-samples N --n-features D --n-centers K [...]
     dkmeans predict MODEL INPUT OUTPUT [--scheduler S] [--overwrite]
     dkmeans info GROUP [--json]
@@ -21,12 +22,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dask.array as da
 
-from dkmeans import inputs, jobs, progress, results
+from dkmeans import inputs, jobs, progress, results, sweeps
 from dkmeans.datasets import COMPRESSORS, make_blobs_zarr
 from dkmeans.errors import ChunkReadError, JobError
 from dkmeans.estimator import KMeans, load
@@ -55,16 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    fit = commands.add_parser(
-        "fit", parents=[verbosity], help="run the k-means job described by a YAML file"
-    )
-    fit.add_argument("job", help="job file (see config/README.md)")
-    fit.add_argument(
+    job_options = argparse.ArgumentParser(add_help=False, parents=[verbosity])
+    job_options.add_argument("job", help="job file (see config/README.md)")
+    job_options.add_argument(
         "--resume",
         action="store_true",
-        help="continue the unfinished fit saved at output.path (or start one if none)",
+        help="continue the unfinished run saved at output.path (or start one if none)",
     )
-    fit.add_argument(
+    job_options.add_argument(
         "-s",
         "--set",
         action="append",
@@ -73,12 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a key of the job file, e.g. --set model.n_clusters=16 (repeatable)",
     )
     for flag, key in SHORTCUTS.items():
-        fit.add_argument(f"--{flag}", dest=key, default=None, metavar="VALUE", help=f"= {key}")
-    fit.add_argument(
+        job_options.add_argument(
+            f"--{flag}", dest=key, default=None, metavar="VALUE", help=f"= {key}"
+        )
+    job_options.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar during each pass (default: when stderr is a terminal)",
+    )
+    commands.add_parser(
+        "fit", parents=[job_options], help="run the k-means job described by a YAML file"
+    )
+    sweep = commands.add_parser(
+        "sweep",
+        parents=[job_options],
+        help="fit every k of a range in shared passes and score each (choosing k)",
+    )
+    sweep.add_argument(
+        "--k", dest="sweep.n_clusters", default=None, metavar="K", help="= sweep.n_clusters"
+    )
+    sweep.add_argument(
+        "--plot", metavar="FILE.png", help="draw inertia and the scores against k (matplotlib)"
     )
 
     blobs = commands.add_parser(
@@ -127,47 +142,94 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         text = getattr(args, key)
         if text is not None:
             overrides[key] = jobs.parse_override(f"{key}={text}")[1]
+    k_text = getattr(args, "sweep.n_clusters", None)
+    if k_text is not None:  # not YAML: YAML 1.1 reads 2:32 as the number 152
+        overrides["sweep.n_clusters"] = (
+            jobs.parse_override(f"k={k_text}")[1] if k_text.startswith("[") else k_text
+        )
     return overrides
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    job = jobs.load_job(args.job, _overrides(args), resume=args.resume)
+def _run_job(
+    args: argparse.Namespace, job: jobs.Job, run: Callable[..., Any], kind: str = "fit"
+) -> None:
+    """``run(X, sample_weight=, checkpoint=, resume=)`` under the job's scheduler.
+
+    ``kind`` ("fit" or "sweep") names what runs in the log.
+
+    Bad data found while reading (NaN, a negative weight) leaves nothing
+    behind: there is nothing to resume from. A fault (an I/O error) keeps
+    the checkpoint for --resume.
+    """
     output = job["output.path"]
     found = results.status(output)
     if args.resume and found == "complete":
         logger.info("%s already holds the complete result of this job; nothing to do", output)
     elif args.resume and found == "checkpoint":
-        logger.info("continuing the unfinished fit saved at %s", output)
-    model = KMeans(**{**job.section("model"), "init": jobs.init_value(job)}, verbose=True)
+        logger.info("continuing the unfinished %s saved at %s", kind, output)
     weights = job["input.sample_weight"]
     show_bars = sys.stderr.isatty() if args.progress is None else args.progress
-    start = time.perf_counter()
     try:
         with jobs.scheduler(job.section("dask")), progress.pass_bars(show_bars):
             if weights is not None:
                 weights = da.from_zarr(inputs.open_zarr_array(weights, "input.sample_weight"))
-            model.fit(
+            run(
                 job["input.path"],
                 sample_weight=weights,
                 checkpoint=output,
                 resume=args.resume and found in ("checkpoint", "complete"),
             )
     except USER_ERRORS:
-        # Bad data found while reading (NaN, a negative weight): nothing to
-        # resume from, so leave nothing behind. A fault (an I/O error) keeps
-        # its checkpoint for --resume.
         if found == "absent":
             results.remove(output)
         raise
     except ChunkReadError:
-        logger.info("the fit so far is saved at %s: continue it with --resume", output)
+        logger.info("the %s so far is saved at %s: continue it with --resume", kind, output)
         raise
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    job = jobs.load_job(args.job, _overrides(args), resume=args.resume)
+    model = KMeans(**{**job.section("model"), "init": jobs.init_value(job)}, verbose=True)
+    start = time.perf_counter()
+    _run_job(args, job, model.fit)
+    output = job["output.path"]
     logger.info(
         "result: %s (%d iterations, %s, inertia %.10g) in %.1fs",
         output,
         model.n_iter_,
         model.stop_reason_,
         model.inertia_,
+        time.perf_counter() - start,
+    )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    job = jobs.load_job(args.job, _overrides(args), resume=args.resume)
+    ks = job["sweep.n_clusters"]
+    if ks is None:
+        raise JobError(
+            f"{job.source}: a sweep needs the values of k: --k 2:32 or sweep.n_clusters"
+        )
+    if args.plot is not None:
+        try:
+            sweeps.plot_table({}, None, check_only=True)  # a clear error before any work
+        except ImportError as err:
+            raise JobError(f"--plot: {err}") from err
+    params = {**job.section("model"), "init": jobs.init_value(job), "verbose": True}
+    params.pop("n_clusters")
+    found: list[sweeps.Sweep] = []
+    start = time.perf_counter()
+    _run_job(args, job, lambda X, **kw: found.append(sweeps.sweep(X, ks, **kw, **params)), "sweep")
+    print(sweeps.format_table(found[0].table))
+    if args.plot is not None:
+        sweeps.plot_table(found[0].table, args.plot)
+        logger.info("plot: %s", args.plot)
+    logger.info(
+        "result: %s (%d values of k, each k in k-<k>/) in %.1fs",
+        job["output.path"],
+        len(ks),
         time.perf_counter() - start,
     )
     return 0
@@ -216,19 +278,26 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{args.group}: {info['status']}")
+    sweep = info.get(sweeps.SWEEP_ATTR)
+    if sweep is not None:
+        print(f"sweep over k: {', '.join(map(str, sweep['n_clusters']))}")
     for key in ("input", "params"):
         if key in info:
             print(f"{key}:")
             for name, value in info[key].items():
                 print(f"  {name}: {value}")
-    if info["status"] == "complete":
+    if sweep is not None and "table" in sweep:
+        print(sweeps.format_table(sweeps.table_from_attrs(sweep["table"])))
+        print("each k's fit: k-<k>/ (dkmeans info GROUP/k-<k> for its history)")
+    elif info["status"] == "complete":
         print(
             f"iterations: {info['n_iter']}  stop reason: {info['stop_reason']}  "
             f"converged: {info['converged']}  inertia: {info['inertia']:.10g}"
         )
     else:
         print(f"iterations saved: {info['n_iter']}  stop reason: {info.get('stop_reason')}")
-    print("history:")
+    if info["history"]:
+        print("history:")
     for record in info["history"]:
         print("  " + progress.format_record(record))
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items()))
@@ -237,6 +306,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "fit": cmd_fit,
+    "sweep": cmd_sweep,
     "make-blobs": cmd_make_blobs,
     "predict": cmd_predict,
     "info": cmd_info,

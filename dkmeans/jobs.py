@@ -84,6 +84,32 @@ def _model(name: str) -> Callable[[Any, str], Any]:
     return model_check
 
 
+def k_values(value: Any, key: str) -> list[int]:
+    """The values of k of a sweep: a list of integers, or 'FIRST:LAST[:STEP]' (inclusive)."""
+    if isinstance(value, str) and ":" in value:
+        try:
+            first, last, *step = (int(part) for part in value.split(":"))
+        except ValueError:
+            first, last, step = 0, -1, [0]
+        if len(step) <= 1 and 1 <= first <= last and (not step or step[0] >= 1):
+            return list(range(first, last + 1, step[0] if step else 1))
+    elif isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(
+            f"{key} is the number {value}: quote a range in YAML ('2:32'; unquoted, YAML 1.1 "
+            "reads 2:32 as a base-60 number) or give a list"
+        )
+    elif (
+        isinstance(value, list)
+        and value
+        and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in value)
+    ):
+        return value
+    raise ValueError(
+        f"{key} must be a list of integers >= 1 or 'FIRST:LAST[:STEP]' such as '2:32', "
+        f"got {value!r}"
+    )
+
+
 def _scheduler(value, key):
     if not isinstance(value, str) or not (value in SCHEDULERS or "://" in value):
         raise ValueError(
@@ -124,6 +150,11 @@ FIELDS: dict[str, Field] = {
         f"model.{name}": Field(default, _model(name), validation.PARAMETERS[name].doc)
         for name, default in validation.job_defaults().items()
     },
+    "sweep.n_clusters": Field(
+        None,
+        lambda value, key: None if value is None else k_values(value, key),
+        "`dkmeans sweep`: the values of k, a list or 'FIRST:LAST[:STEP]' (e.g. '2:32')",
+    ),
     "dask.scheduler": Field("threads", _scheduler, "where the passes run"),
     "dask.num_workers": Field(
         None, validation.integer_check(1, allow_none=True), "threads/processes: pool size"
@@ -248,10 +279,12 @@ def _check_data(job: Job) -> None:
         X = inputs.open_zarr_array(job["input.path"], name="input.path")
         n_samples, n_features = validation.check_shape(X.shape, "input.path")
         validation.working_dtype(X.dtype, "input.path")
+        key = "model.n_clusters" if job["sweep.n_clusters"] is None else "sweep.n_clusters"
         try:
-            validation.check_n_clusters(job["model.n_clusters"], n_samples)
+            for k in job["sweep.n_clusters"] or [job["model.n_clusters"]]:
+                validation.check_n_clusters(k, n_samples)
         except ValueError as err:
-            raise ValueError(f"model.n_clusters: {err} in input.path") from err
+            raise ValueError(f"{key}: {err} in input.path") from err
         if job["input.sample_weight"] is not None:
             w = inputs.open_zarr_array(job["input.sample_weight"], name="input.sample_weight")
             if w.shape != (n_samples,):

@@ -342,3 +342,82 @@ def test_output_closed_early_is_not_an_error(data_path, tmp_path):
     )
     assert proc.stdout.strip().endswith("out.zarr: complete")
     assert "Traceback" not in proc.stderr
+
+
+# -- sweep ---------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_cli_sweep_equals_the_api_resumes_plots_and_shows_in_info(
+    data_path, tmp_path, capsys, monkeypatch
+):
+    from dkmeans import checkpoint, sweep
+
+    pytest.importorskip("matplotlib")
+    # Plain Lloyd saves every iteration (test_sweep.py resumes bounded sweeps).
+    job = write_job(
+        tmp_path, data_path, model={"algorithm": "lloyd"}, sweep={"n_clusters": [2, 3, 5]}
+    )
+    params = dict(init="random", n_init=1, tol=0, random_state=1, algorithm="lloyd")
+    reference = sweep(data_path, [2, 3, 5], **params)
+    original, calls = checkpoint.Checkpoint.save, []
+
+    def save(self, states):
+        calls.append(1)
+        if len(calls) == 4:  # a few iterations saved
+            raise Interrupted
+        original(self, states)
+
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", save)
+    with pytest.raises(Interrupted):
+        main(["sweep", job, "-q"])
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", original)
+    assert main(["info", str(tmp_path / "out.zarr")]) == 0
+    assert "unfinished" in capsys.readouterr().out
+    plot = tmp_path / "k.png"
+    assert main(["sweep", job, "--resume", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "continuing the unfinished sweep" in out and plot.stat().st_size > 10_000
+    assert re.search(r"^ *5 +[\d.e+]+ +\d+ +fixed point", out, re.MULTILINE)
+    assert "run k=3  iter " in out  # the iterations, each run named by its k
+    found = dkmeans_load_sweep(tmp_path / "out.zarr")
+    for name, column in reference.table.items():
+        np.testing.assert_array_equal(found.table[name], column)
+    for k in (2, 3, 5):
+        assert_same(load(tmp_path / "out.zarr" / f"k-{k}"), reference.models[k])
+    assert main(["info", str(tmp_path / "out.zarr")]) == 0
+    text = capsys.readouterr().out
+    assert "sweep over k: 2, 3, 5" in text and "simp. silhouette" in text
+    # --k replaces the job file's values (a range, not YAML: 2:3 would be the number 123).
+    other = str(tmp_path / "other.zarr")
+    assert main(["sweep", job, "--k", "2:3", "--output", other, "-q"]) == 0
+    assert dkmeans_load_sweep(other).table["n_clusters"].tolist() == [2, 3]
+
+
+def dkmeans_load_sweep(path):
+    from dkmeans import load_sweep
+
+    return load_sweep(path)
+
+
+@pytest.mark.parametrize(
+    ("sweep_section", "flags", "message"),
+    [
+        ({}, [], "a sweep needs the values of k"),
+        ({"n_clusters": 152}, [], "quote a range in YAML"),
+        ({"n_clusters": "3:2"}, [], "sweep.n_clusters must be a list of integers"),
+        ({"n_clusters": [2, 0]}, [], "sweep.n_clusters must be a list of integers"),
+        ({}, ["--k", "2:50000"], "sweep.n_clusters: n_clusters=40001 is larger"),
+    ],
+)
+def test_bad_sweep_jobs_are_one_line_exit_2(
+    data_path, tmp_path, capsys, sweep_section, flags, message
+):
+    job = write_job(tmp_path, data_path, sweep=sweep_section)
+    assert main(["sweep", job, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.zarr").exists()
