@@ -85,6 +85,21 @@ def fingerprint(
     } | ({"algorithm": algorithm} if algorithm != "lloyd" else {})
 
 
+def fit_fingerprint(
+    X: da.Array, weighted: bool, n_clusters: int | list[int], n_runs: int, params: dict
+) -> dict[str, Any]:
+    """The :func:`fingerprint` of a fit (or sweep) with these checked parameters."""
+    return fingerprint(
+        X,
+        weighted=weighted,
+        n_clusters=n_clusters,
+        n_init=n_runs,
+        split_every=params["split_every"],
+        tol=params["tol"],
+        algorithm=validation.resolve_algorithm(params["algorithm"], params["max_iter"]),
+    )
+
+
 def check_fingerprint(saved: dict, now: dict, path: str | os.PathLike) -> None:
     """Raise :class:`CheckpointMismatchError` naming what differs, if anything."""
     differ = [
@@ -270,15 +285,7 @@ def open_workspace(
             params["label_store"], X.chunks[0], labels_dtype, len(run_clusters)
         )
         return Workspace(stores)
-    expected = fingerprint(
-        X,
-        weighted=weighted,
-        n_clusters=n_clusters,
-        n_init=n_runs,
-        split_every=params["split_every"],
-        tol=params["tol"],
-        algorithm=validation.resolve_algorithm(params["algorithm"], params["max_iter"]),
-    )
+    expected = fit_fingerprint(X, weighted, n_clusters, n_runs, params)
     found = results.status(checkpoint) if resume else "absent"
     if found == "complete":
         workspace = Workspace([])

@@ -26,13 +26,22 @@ def _is_lazy(X: Any) -> bool:
     return isinstance(X, da.Array | zarr.Array | str | os.PathLike)
 
 
-def _initial_centers(data, weights, n_clusters: int, n_runs: int, params: dict) -> list:
-    """Each run's initial centers, as the (checked) parameters ask."""
+def initial_centers(data, weights, n_clusters: int | list[int], n_runs: int, params: dict) -> list:
+    """Each run's initial centers, as the (checked) parameters ask.
+
+    ``n_clusters`` a list (a sweep over k): ``n_runs`` runs of each k in turn,
+    each k's from the generators its own fit would spawn.
+    """
+    ks = [n_clusters] if isinstance(n_clusters, int) else n_clusters
     return seeding.initial_centers(
         data,
-        n_clusters,
+        n_clusters if isinstance(n_clusters, int) else [k for k in ks for _ in range(n_runs)],
         params["init"],
-        rngs=seeding.spawn_generators(seeding.generator(params["random_state"]), n_runs),
+        rngs=[
+            rng
+            for _ in ks
+            for rng in seeding.spawn_generators(seeding.generator(params["random_state"]), n_runs)
+        ],
         weights=weights,
         sample_size=params["init_sample_size"],
         rounds=params["init_rounds"],
@@ -290,7 +299,7 @@ class KMeans:
             return self._set_result(workspace.result)
         centers = None
         if workspace.states is None:  # a new fit (else: continued from the checkpoint)
-            centers = _initial_centers(data, weights, k, n_runs, params)
+            centers = initial_centers(data, weights, k, n_runs, params)
         reporter = progress.IterationReporter(n_runs) if params["verbose"] else None
         runs = lloyd.lloyd_runs(
             data,

@@ -444,6 +444,34 @@ def fixed_sum(values: np.ndarray, weights: np.ndarray | None = None) -> float:
     return float(_fixed_sum(values, w))
 
 
+@numba.njit(nogil=True, cache=True)
+def score_sums(x, labels, others, means64, centers64, weights, cluster_weights, distance_sums):
+    """One block's sums for cluster-quality scores (:mod:`dkmeans.sweeps`), rows in order.
+
+    Adds each row's weight and weighted distance to its cluster's mean into
+    ``cluster_weights`` and ``distance_sums`` (per cluster), and returns the
+    weighted sums of the squared distances to the means and of the simplified
+    silhouette ``(b - a) / max(a, b)`` (a: the distance to the row's center, b:
+    to center ``others[i]``; 0 where both are 0; ``others`` empty: no other
+    center, the sum is 0). ``weights`` empty: every weight 1.
+    """
+    sqdist_sum, silhouette_sum = 0.0, 0.0
+    for i in range(x.shape[0]):
+        label = labels[i]
+        w = weights[i] if weights.shape[0] > 0 else 1.0
+        to_mean = _direct_sqdist(x[i], means64[label])
+        cluster_weights[label] += w
+        distance_sums[label] += w * np.sqrt(to_mean)
+        sqdist_sum += w * to_mean
+        if others.shape[0] > 0:
+            a = np.sqrt(_direct_sqdist(x[i], centers64[label]))
+            b = np.sqrt(_direct_sqdist(x[i], centers64[others[i]]))
+            top = max(a, b)
+            if top > 0:
+                silhouette_sum += w * (b - a) / top
+    return sqdist_sum, silhouette_sum
+
+
 # -- one tile, one block ----------------------------------------------------------------------
 
 

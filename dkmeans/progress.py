@@ -56,11 +56,13 @@ def _dashboard_link() -> str | None:
 class IterationReporter:
     """Reports each iteration of a verbose fit; call it with (run, history record).
 
-    The run is named only when there are several (``n_init`` > 1).
+    The run is named only when there are several (``n_init`` > 1): by its
+    index, or by ``names[run]``.
     """
 
-    def __init__(self, n_runs: int = 1) -> None:
+    def __init__(self, n_runs: int = 1, names: list[str] | None = None) -> None:
         self.n_runs = n_runs
+        self.names = names
         self.records: list[dict] = []
         self._display: Any = None
         self._log = bool(logger.handlers)
@@ -81,7 +83,8 @@ class IterationReporter:
             print(line, flush=True)
 
     def __call__(self, run: int, record: dict) -> None:
-        record = record if self.n_runs == 1 else {**record, "run": run}
+        if self.n_runs > 1:
+            record = {**record, "run": run if self.names is None else self.names[run]}
         self.records.append(record)
         if self._display is not None:
             self._display.update(self._html(self._table()))

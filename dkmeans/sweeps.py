@@ -41,9 +41,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from dkmeans import inputs, kernel, lloyd, passes, progress, results, seeding, validation
-from dkmeans.checkpoint import open_workspace
-from dkmeans.estimator import KMeans
+from dkmeans import inputs, kernel, lloyd, passes, progress, results, validation
+from dkmeans.checkpoint import check_fingerprint, fit_fingerprint, open_workspace
+from dkmeans.estimator import KMeans, initial_centers, load
 from dkmeans.passes import Block
 
 SCORE_COLUMNS = ("calinski_harabasz", "davies_bouldin", "simplified_silhouette")
@@ -176,30 +176,12 @@ def sweep(
         attrs=attrs,
     )
     centers = None
-    if workspace.states is None:
-        rngs = [
-            rng
-            for _ in ks  # each k's generators as its own fit spawns them
-            for rng in seeding.spawn_generators(seeding.generator(checked["random_state"]), n_init)
-        ]
-        centers = seeding.initial_centers(
-            data,
-            [k for k in ks for _ in range(n_init)],
-            checked["init"],
-            rngs=rngs,
-            weights=weights,
-            sample_size=checked["init_sample_size"],
-            rounds=checked["init_rounds"],
-            oversampling=checked["init_oversampling"],
-            split_every=checked["split_every"],
-            retries=checked["retries"],
-            state=checked["label_store"],
-        )
-    names = [f"k={k}" + (f".{r}" if n_init > 1 else "") for k in ks for r in range(n_init)]
+    if workspace.states is None:  # a new sweep (else: continued from the checkpoint)
+        centers = initial_centers(data, weights, ks, n_init, checked)
     reporter = None
     if checked["verbose"]:  # each run named by its k (and restart)
-        report = progress.IterationReporter(len(names))
-        reporter = lambda run, record: report(names[run], record)  # noqa: E731
+        names = [f"k={k}" + (f".{r}" if n_init > 1 else "") for k in ks for r in range(n_init)]
+        reporter = progress.IterationReporter(len(names), names=names)
     runs = lloyd.lloyd_runs(
         data,
         centers,
@@ -291,38 +273,65 @@ class ScoreStats:
         return total
 
 
+SCORE_TILE_ROWS = 8192  # rows whose distances to all centers are held at once
+
+
 def score_block(block: Block, x, weights, *labels, states, centers, means) -> list[ScoreStats]:
     """One block's share of every k's scores (its rows' distances to means and centers)."""
+    labels = [run_labels.astype(np.intp, copy=False) for run_labels in labels]
+    centers64 = [run_centers.astype(np.float64) for run_centers in centers]
+    others = _nearest_others(x, labels, centers64)
+    w = np.empty(0) if weights is None else weights.astype(np.float64, copy=False)
     out = []
-    for run_labels, run_centers, run_means in zip(labels, centers, means, strict=True):
+    for run_labels, run_centers, run_means, other in zip(
+        labels, centers64, means, others, strict=True
+    ):
         k = len(run_centers)
-        run_labels = run_labels.astype(np.intp, copy=False)
-        w = np.ones(len(x)) if weights is None else weights.astype(np.float64, copy=False)
-        to_mean = kernel.row_sqdist(x, run_labels, run_means)
-        distance = np.sqrt(to_mean)
-        centers64 = run_centers.astype(np.float64)
-        if k > 1:
-            # The nearest other center, chosen by the GEMM expansion; its distance
-            # is then computed directly (a near tie picks either: the same to rounding).
-            approx = kernel.distances(x.astype(np.float64, copy=False), centers64)
-            approx[np.arange(len(x)), run_labels] = np.inf
-            other = np.argmin(approx, axis=1)
-            a = np.sqrt(kernel.row_sqdist(x, run_labels, centers64))
-            b = np.sqrt(kernel.row_sqdist(x, other, centers64))
-            top = np.maximum(a, b)
-            silhouette = np.divide(b - a, top, out=np.zeros(len(x)), where=top > 0)
-            silhouette_sum = kernel.fixed_sum(silhouette, weights)
-        else:
-            silhouette_sum = np.nan
+        cluster_weights, distance_sums = np.zeros(k), np.zeros(k)
+        sqdist_sum, silhouette_sum = kernel.score_sums(
+            x,
+            run_labels,
+            np.empty(0, dtype=np.intp) if other is None else other,
+            np.ascontiguousarray(run_means),
+            run_centers,
+            w,
+            cluster_weights,
+            distance_sums,
+        )
         out.append(
             ScoreStats(
-                weights=np.bincount(run_labels, weights=w, minlength=k),
-                distance_sums=np.bincount(run_labels, weights=w * distance, minlength=k),
-                sqdist_sum=kernel.fixed_sum(to_mean, weights),
-                silhouette_sum=silhouette_sum,
+                weights=cluster_weights,
+                distance_sums=distance_sums,
+                sqdist_sum=sqdist_sum,
+                silhouette_sum=np.nan if other is None else silhouette_sum,
             )
         )
     return out
+
+
+def _nearest_others(x, labels, centers64) -> list[np.ndarray | None]:
+    """For each k, each row's nearest center other than its own (None for k = 1).
+
+    Chosen by the GEMM expansion against the centers of every k at once, tile by
+    tile; the distance to it is then computed directly by the caller, so a near
+    tie that picks either center gives the same distance to rounding.
+    """
+    ks = [len(c) for c in centers64]
+    every = np.concatenate(centers64)
+    every_sq = np.einsum("ij,ij->i", every, every)
+    every = every.astype(x.dtype)  # the GEMM in X's dtype: it only ranks the centers
+    starts = np.concatenate([[0], np.cumsum(ks)])
+    others = [np.empty(len(x), dtype=np.intp) if k > 1 else None for k in ks]
+    for start in range(0, len(x), SCORE_TILE_ROWS):
+        tile = slice(start, start + SCORE_TILE_ROWS)
+        rows = np.arange(len(x[tile]))
+        scores = every_sq - 2 * (x[tile] @ every.T)  # + ||x||^2: the same for every center
+        for run, other in enumerate(others):
+            if other is not None:
+                own = scores[:, starts[run] : starts[run + 1]]
+                own[rows, labels[run][tile]] = np.inf
+                other[tile] = np.argmin(own, axis=1)
+    return others
 
 
 def score(
@@ -458,11 +467,13 @@ def table_from_attrs(saved: dict[str, list]) -> dict[str, np.ndarray]:
 
 def load_sweep(path: str | os.PathLike) -> Sweep:
     """A finished sweep from its result group (as :func:`sweep` with ``checkpoint`` wrote it)."""
-    from dkmeans.estimator import load
-
     group_attrs = results.read_attrs(path)
-    if SWEEP_ATTR not in group_attrs or "table" not in group_attrs[SWEEP_ATTR]:
-        raise ValueError(f"{os.fspath(path)!r} is not the result group of a finished sweep")
+    if SWEEP_ATTR not in group_attrs:
+        raise ValueError(f"{os.fspath(path)!r} is not the result group of a sweep")
+    if results.status(path) != "complete":
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a complete sweep (the run that wrote it did not finish)"
+        )
     saved = group_attrs[SWEEP_ATTR]
     base = os.fspath(path).rstrip("/")
     models = {int(k): load(f"{base}/{_member(int(k))}") for k in saved["n_clusters"]}
@@ -471,16 +482,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
 
 def _read_sweep(path, data, weighted, ks, checked, n_init) -> Sweep:
     """A finished sweep found at ``path`` on resume: the same sweep, or an error."""
-    from dkmeans.checkpoint import check_fingerprint, fingerprint
-
-    expected = fingerprint(
-        data,
-        weighted=weighted,
-        n_clusters=ks,
-        n_init=n_init,
-        split_every=checked["split_every"],
-        tol=checked["tol"],
-        algorithm=validation.resolve_algorithm(checked["algorithm"], checked["max_iter"]),
-    )
-    check_fingerprint(results.read_attrs(path).get("fingerprint", {}), expected, path)
+    expected = fit_fingerprint(data, weighted, ks, n_init, checked)
+    saved = results.read_attrs(path).get("fingerprint", {})
+    check_fingerprint(saved, expected, path)
     return load_sweep(path)
