@@ -359,9 +359,12 @@ def test_cli_sweep_equals_the_api_resumes_plots_and_shows_in_info(
     pytest.importorskip("matplotlib")
     # Plain Lloyd saves every iteration (test_sweep.py resumes bounded sweeps).
     job = write_job(
-        tmp_path, data_path, model={"algorithm": "lloyd"}, sweep={"n_clusters": [2, 3, 5]}
+        tmp_path,
+        data_path,
+        model={"algorithm": "lloyd", "max_iter": 15},
+        sweep={"n_clusters": [2, 3, 5]},
     )
-    params = dict(init="random", n_init=1, tol=0, random_state=1, algorithm="lloyd")
+    params = dict(init="random", n_init=1, tol=0, random_state=1, algorithm="lloyd", max_iter=15)
     reference = sweep(data_path, [2, 3, 5], **params)
     original, calls = checkpoint.Checkpoint.save, []
 
@@ -381,7 +384,7 @@ def test_cli_sweep_equals_the_api_resumes_plots_and_shows_in_info(
     assert main(["sweep", job, "--resume", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "continuing the unfinished sweep" in out and plot.stat().st_size > 10_000
-    assert re.search(r"^ *5 +[\d.e+]+ +\d+ +fixed point", out, re.MULTILINE)
+    assert re.search(r"^ *2 +[\d.e+]+ +\d+ +fixed point", out, re.MULTILINE)
     assert "run k=3  iter " in out  # the iterations, each run named by its k
     found = dkmeans_load_sweep(tmp_path / "out.zarr")
     for name, column in reference.table.items():
@@ -420,4 +423,15 @@ def test_bad_sweep_jobs_are_one_line_exit_2(
     assert main(["sweep", job, *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_sweep_plot_without_matplotlib_is_one_line_before_any_work(
+    data_path, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    job = write_job(tmp_path, data_path, sweep={"n_clusters": [2, 3]})
+    assert main(["sweep", job, "--plot", str(tmp_path / "k.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--plot: plotting a sweep needs matplotlib: pip install 'dkmeans[plot]'" in err
     assert not (tmp_path / "out.zarr").exists()

@@ -252,6 +252,8 @@ def test_a_checkpointed_sweep_resumes_to_the_same_result(
     monkeypatch.setattr(checkpoint.Checkpoint, "save", original)
     assert results.status(out) == "checkpoint"
     assert results.describe(out)["status"] == "unfinished"
+    with pytest.raises(ValueError, match="not a complete sweep"):
+        dkmeans.load_sweep(out)
     with pytest.raises(dkmeans.CheckpointMismatchError, match="n_clusters"):
         dkmeans.sweep(X, [2, 4], checkpoint=out, resume=True, **params)
     resumed = dkmeans.sweep(X, KS, checkpoint=out, resume=True, **params)
