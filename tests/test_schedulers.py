@@ -57,32 +57,38 @@ def _same(a, b):
     np.testing.assert_array_equal(a.labels_.compute(), b.labels_.compute())
 
 
-def _fit_on_cluster(X, label_store, n_workers):
-    with (
-        LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster),
-    ):
-        model = _fit(X, label_store)
-        # Memory labels live on the workers: read them while they are there.
-        model.labels_ = da.from_array(model.labels_.compute(), chunks=model.labels_.chunks)
-        return model
+def _fit_on_cluster(X, label_store):
+    model = _fit(X, label_store)
+    # Memory labels live on the workers: read them while they are there.
+    model.labels_ = da.from_array(model.labels_.compute(), chunks=model.labels_.chunks)
+    return model
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("label_store", ["memory", "zarr"])
-def test_bitwise_identical_across_schedulers(data, label_store):
-    """synchronous, threads (1 and 2), processes, distributed (1 and 2 workers): one result."""
-    reference = _fit(data, label_store, "synchronous")
-    assert reference.n_iter_ > 3  # a real run, not a one-step fixed point
-    _same(reference, _fit(data, label_store, "threads", num_workers=1))
-    _same(reference, _fit(data, label_store, "threads", num_workers=2))
+def test_bitwise_identical_across_schedulers(data):
+    """synchronous, threads (1 and 2), processes, distributed (1 and 2 workers): one result,
+    with labels in memory and in Zarr (a process pool and each cluster serve both)."""
+    stores = ("memory", "zarr")
+    reference = {store: _fit(data, store, "synchronous") for store in stores}
+    for store in stores:
+        assert reference[store].n_iter_ > 3  # a real run, not a one-step fixed point
+        _same(reference[store], _fit(data, store, "threads", num_workers=1))
+        _same(reference[store], _fit(data, store, "threads", num_workers=2))
     # One pool for the whole fit: the processes scheduler otherwise starts one per pass.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=context) as pool:
-        _same(reference, _fit(data, label_store, "processes", pool=pool))
+        for store in stores:
+            _same(reference[store], _fit(data, store, "processes", pool=pool))
     for n_workers in (1, 2):
-        _same(reference, _fit_on_cluster(data, label_store, n_workers))
+        with (
+            LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster),
+        ):
+            for store in stores:
+                _same(reference[store], _fit_on_cluster(data, store))
 
 
 @pytest.mark.slow

@@ -217,12 +217,10 @@ def _passes_over(array, run) -> int:
 def test_a_sweep_reads_x_as_often_as_its_longest_fit_plus_one_pass(blobs, algorithm):
     params = dict(algorithm=algorithm, random_state=5, tol=0, max_iter=100)
     sweep_passes = _passes_over(blobs, lambda X: dkmeans.sweep(X, KS, **params))
-    longest = max(_passes_over(blobs, lambda X, k=k: KMeans(k, **params).fit(X)) for k in KS)
-    assert sweep_passes <= longest + 1
-    assert longest > 5  # the fits did iterate: the bound is not trivial
-    # Separate fits would read X once per k more: the sweep shares its passes.
-    separate = sum(_passes_over(blobs, lambda X, k=k: KMeans(k, **params).fit(X)) for k in KS)
-    assert sweep_passes < separate
+    alone = [_passes_over(blobs, lambda X, k=k: KMeans(k, **params).fit(X)) for k in KS]
+    assert sweep_passes <= max(alone) + 1
+    assert max(alone) > 5  # the fits did iterate: the bound is not trivial
+    assert sweep_passes < sum(alone)  # separate fits read X once per k: the sweep shares
 
 
 class Interrupted(Exception):
