@@ -52,6 +52,30 @@ def initial_centers(data, weights, n_clusters: int | list[int], n_runs: int, par
     )
 
 
+def run_lloyd(
+    data, weights, centers, workspace, params: dict, reporter=None, runs_per_fit=None
+) -> list[lloyd.LloydResult]:
+    """Lloyd's runs from ``centers`` (or the workspace's saved states), as the parameters ask.
+
+    ``runs_per_fit``: see :func:`dkmeans.lloyd.lloyd_runs` (a sweep over k).
+    """
+    return lloyd.lloyd_runs(
+        data,
+        centers,
+        stores=workspace.stores,
+        states=workspace.states,
+        weights=weights,
+        max_iter=params["max_iter"],
+        tol=params["tol"],
+        split_every=params["split_every"],
+        retries=params["retries"],
+        algorithm=validation.resolve_algorithm(params["algorithm"], params["max_iter"]),
+        on_pass=workspace.save,
+        on_iteration=reporter,
+        runs_per_fit=runs_per_fit,
+    )
+
+
 class KMeans:
     """Exact k-means clustering (Lloyd's algorithm) for data larger than memory.
 
@@ -301,20 +325,7 @@ class KMeans:
         if workspace.states is None:  # a new fit (else: continued from the checkpoint)
             centers = initial_centers(data, weights, k, n_runs, params)
         reporter = progress.IterationReporter(n_runs) if params["verbose"] else None
-        runs = lloyd.lloyd_runs(
-            data,
-            centers,
-            stores=workspace.stores,
-            states=workspace.states,
-            weights=weights,
-            max_iter=params["max_iter"],
-            tol=params["tol"],
-            split_every=params["split_every"],
-            retries=params["retries"],
-            algorithm=validation.resolve_algorithm(params["algorithm"], params["max_iter"]),
-            on_pass=workspace.save,
-            on_iteration=reporter,
-        )
+        runs = run_lloyd(data, weights, centers, workspace, params, reporter)
         best = min(range(n_runs), key=lambda run: runs[run].inertia)  # ties: the first run
         self._set_result(workspace.finish(best, self._result(runs[best], data.shape[1])))
         if reporter is not None:

@@ -43,7 +43,7 @@ import numpy as np
 
 from dkmeans import inputs, kernel, lloyd, passes, progress, results, validation
 from dkmeans.checkpoint import check_fingerprint, fit_fingerprint, open_workspace
-from dkmeans.estimator import KMeans, initial_centers, load
+from dkmeans.estimator import KMeans, initial_centers, load, run_lloyd
 from dkmeans.passes import Block
 
 SCORE_COLUMNS = ("calinski_harabasz", "davies_bouldin", "simplified_silhouette")
@@ -182,21 +182,7 @@ def sweep(
     if checked["verbose"]:  # each run named by its k (and restart)
         names = [f"k={k}" + (f".{r}" if n_init > 1 else "") for k in ks for r in range(n_init)]
         reporter = progress.IterationReporter(len(names), names=names)
-    runs = lloyd.lloyd_runs(
-        data,
-        centers,
-        stores=workspace.stores,
-        states=workspace.states,
-        weights=weights,
-        max_iter=checked["max_iter"],
-        tol=checked["tol"],
-        split_every=checked["split_every"],
-        retries=checked["retries"],
-        algorithm=validation.resolve_algorithm(checked["algorithm"], checked["max_iter"]),
-        on_pass=workspace.save,
-        on_iteration=reporter,
-        runs_per_fit=n_init,
-    )
+    runs = run_lloyd(data, weights, centers, workspace, checked, reporter, runs_per_fit=n_init)
     best = {}
     for i, k in enumerate(ks):
         group = range(i * n_init, (i + 1) * n_init)
