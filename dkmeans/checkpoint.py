@@ -102,10 +102,10 @@ def fit_fingerprint(
 
 def check_fingerprint(saved: dict, now: dict, path: str | os.PathLike) -> None:
     """Raise :class:`CheckpointMismatchError` naming what differs, if anything."""
-    differ = [
-        f"{key}: saved {saved.get(key)!r}, now {value!r}"
-        for key, value in now.items()
-        if saved.get(key) != value
+    differ = [  # both ways: a key recorded only where it is not the default (see fingerprint)
+        f"{key}: saved {saved.get(key)!r}, now {now.get(key)!r}"
+        for key in [*now, *(key for key in saved if key not in now)]
+        if saved.get(key) != now.get(key)
     ]
     if differ:
         raise CheckpointMismatchError(

@@ -166,3 +166,14 @@ def test_resume_refuses_a_different_fit(data_path, tmp_path, monkeypatch, change
     with pytest.raises(CheckpointMismatchError, match=named):
         KMeans(**params).fit(X, checkpoint=out, resume=True)
     assert results.status(out) == "checkpoint"  # untouched: still resumable
+
+
+def test_a_key_saved_only_where_not_the_default_is_compared_both_ways():
+    """A bounded fit's checkpoint records "algorithm"; continuing it as plain Lloyd (no key
+    now) must be refused, as must the other way round."""
+    plain = {"n_clusters": 6, "tol": 0.0}
+    bounded = plain | {"algorithm": "bounded"}
+    for saved, now in [(bounded, plain), (plain, bounded)]:
+        with pytest.raises(CheckpointMismatchError, match="algorithm"):
+            checkpoint.check_fingerprint(saved, now, "out.zarr")
+    checkpoint.check_fingerprint(bounded, dict(bounded), "out.zarr")
