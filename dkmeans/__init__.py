@@ -14,7 +14,8 @@ Where each part lives (a newcomer finds the algorithm in ``lloyd.py`` and
 - ``sweeps``: :func:`sweep`, choosing k (all k in the same passes, cluster-quality scores)
 - ``checkpoint``: the fit's workspace, checkpoints and resume
 - ``results``: the result-group format (save, load, describe)
-- ``inputs``: opening X and weights; ``validation``: the parameter table and data checks
+- ``inputs``: opening X and weights (and its unit rows, ``metric="cosine"``);
+  ``validation``: the parameter table and data checks
 - ``errors``: every public exception and warning
 - ``jobs``, ``cli``: YAML job files and the ``dkmeans`` command; ``progress``: reports
 - ``datasets``, ``demo``: synthetic data and the demo; ``testing``: helpers for tests

@@ -60,6 +60,11 @@ costs ``ACTIVE_ROW_COST`` per active row and iteration, so M minimises
 ``(n + L c m(M)) / (L + 1)`` over the powers of two and infinity; no active
 set where none beats plain passes (the first pass has no histogram yet).
 
+**Cosine.** With ``metric="cosine"`` X is the view of its unit rows
+(:func:`dkmeans.inputs.unit_rows`) and the centers are unit vectors
+(:func:`dkmeans.lloyd.update_centers`): the bounds above are Euclidean bounds
+on the unit rows, valid for any centers, so nothing here changes.
+
 **Determinism and resuming.** The schedule (which iterations are full,
 which rows active) depends on the data and centers only, so results are
 bitwise the same under every scheduler and worker count. A fit is saved
@@ -623,6 +628,7 @@ def bounded_runs(
     on_pass: Callable[[list[LloydState]], None] | None = None,
     margin_rule: Callable[[MarginInputs], float | None] = choose_margin,
     runs_per_fit: int | None = None,
+    metric: str = "euclidean",
 ) -> None:
     """Run the runs in ``states`` to their stop with the bounded Lloyd (module docstring).
 
@@ -683,7 +689,9 @@ def bounded_runs(
         seconds = time.perf_counter() - start
         for run in sorted(found):
             run_totals, counts = found[run]
-            record = lloyd._after_pass(states[run], run_totals, max_iter=max_iter, dtype=X.dtype)
+            record = lloyd._after_pass(
+                states[run], run_totals, max_iter=max_iter, dtype=X.dtype, metric=metric
+            )
             if record is not None:
                 record.update(counts, seconds=seconds)
                 if on_iteration is not None:

@@ -61,6 +61,7 @@ def fingerprint(
     split_every: int,
     tol: float,
     algorithm: str = "lloyd",
+    metric: str = "euclidean",
 ) -> dict[str, Any]:
     """What must be equal for a saved fit to continue bitwise as the same fit.
 
@@ -68,11 +69,12 @@ def fingerprint(
     sum); ``max_iter`` may change between runs (to run longer), the
     initialisation parameters do not matter once the initial centers are saved.
     The algorithm is recorded only when it is "bounded" (whose sums are grouped
-    otherwise), so checkpoints of plain Lloyd fits from before it existed match.
+    otherwise), so checkpoints of plain Lloyd fits from before it existed match;
+    likewise the metric, only when it is "cosine".
     A sweep over k (:func:`dkmeans.sweep`) records its list of k.
     """
     chunks = ",".join(map(str, X.chunks[0])).encode()
-    return {
+    found = {
         "shape": list(X.shape),
         "dtype": str(X.dtype),
         "row_chunks_sha256": hashlib.sha256(chunks).hexdigest(),
@@ -82,7 +84,12 @@ def fingerprint(
         "n_init": n_init,
         "split_every": split_every,
         "tol": tol,
-    } | ({"algorithm": algorithm} if algorithm != "lloyd" else {})
+    }
+    if algorithm != "lloyd":
+        found["algorithm"] = algorithm
+    if metric != "euclidean":
+        found["metric"] = metric
+    return found
 
 
 def fit_fingerprint(
@@ -97,6 +104,7 @@ def fit_fingerprint(
         split_every=params["split_every"],
         tol=params["tol"],
         algorithm=validation.resolve_algorithm(params["algorithm"], params["max_iter"]),
+        metric=params["metric"],
     )
 
 

@@ -33,10 +33,13 @@ def initial_centers(data, weights, n_clusters: int | list[int], n_runs: int, par
     each k's from the generators its own fit would spawn.
     """
     ks = [n_clusters] if isinstance(n_clusters, int) else n_clusters
+    init = params["init"]
+    if params["metric"] == "cosine" and not isinstance(init, str):
+        init = _unit_init(init)
     return seeding.initial_centers(
         data,
         n_clusters if isinstance(n_clusters, int) else [k for k in ks for _ in range(n_runs)],
-        params["init"],
+        init,
         rngs=[
             rng
             for _ in ks
@@ -50,6 +53,20 @@ def initial_centers(data, weights, n_clusters: int | list[int], n_runs: int, par
         retries=params["retries"],
         state=params["label_store"],  # k-means|| keeps its per-row state where labels go
     )
+
+
+def _unit_init(init) -> np.ndarray:
+    """An ``init`` array's rows as unit vectors (``metric="cosine"``); shape checked later."""
+    centers = np.asarray(init)
+    if centers.ndim != 2 or centers.dtype.kind not in "biuf":
+        return centers  # seeding names what is wrong with it
+    unit, zero = kernel.unit_rows(centers.astype(np.float64))
+    if zero.any():
+        raise ValueError(
+            f"init array: row {int(np.argmax(zero))} is all zeros, which has no direction "
+            "(metric='cosine')"
+        )
+    return unit
 
 
 def run_lloyd(
@@ -73,6 +90,7 @@ def run_lloyd(
         on_pass=workspace.save,
         on_iteration=reporter,
         runs_per_fit=runs_per_fit,
+        metric=params["metric"],
     )
 
 
@@ -122,6 +140,14 @@ class KMeans:
         itself falls back to plain passes where an active set would not pay,
         or "lloyd" for ``max_iter < 20`` (too short for the bounded passes to
         repay bounding every row).
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        "euclidean": k-means. "cosine": spherical k-means (Dhillon & Modha,
+        2001), for data compared by direction (embeddings): every row is
+        scaled to unit length as its block is read (X is never modified or
+        copied), labels go to the largest cosine similarity, centers are the
+        (weighted) sums of their rows scaled to unit length, and the
+        objective is ``sum w (1 - cos)``. Rows of zeros are an error. Labels
+        are exact for the unit rows as computed (see the README).
     random_state : int, numpy Generator or RandomState, default=None
         Seeds the initialisation.
     split_every : int, default=8
@@ -161,7 +187,8 @@ class KMeans:
         Label of each row, consistent with ``cluster_centers_``; backed by
         the label store, chunked like the rows of X.
     inertia_ : float
-        Sum of (weighted) squared distances of the rows to their centers.
+        Sum of (weighted) squared distances of the rows to their centers
+        (``metric="cosine"``: of the cosine distances ``1 - cos``).
     n_iter_ : int
         Number of Lloyd iterations run.
     converged_ : bool
@@ -192,6 +219,7 @@ class KMeans:
         max_iter: int = 300,
         tol: float = 1e-4,
         algorithm: str = "auto",
+        metric: str = "euclidean",
         random_state: int | np.random.Generator | np.random.RandomState | None = None,
         split_every: int = 8,
         label_store: str | os.PathLike = "auto",
@@ -207,6 +235,7 @@ class KMeans:
         self.max_iter = max_iter
         self.tol = tol
         self.algorithm = algorithm
+        self.metric = metric
         self.random_state = random_state
         self.split_every = split_every
         self.label_store = label_store
@@ -306,7 +335,7 @@ class KMeans:
         """
         params = validation.check_params(self.get_params())
         n_runs = validation.n_runs(params["n_init"], params["init"])
-        data = inputs.as_dask_array(X)
+        data = inputs.as_dask_array(X, metric=params["metric"])
         weights = inputs.as_weights(sample_weight, data)
         k = validation.check_n_clusters(params["n_clusters"], data.shape[0])
         workspace = open_workspace(
@@ -344,8 +373,10 @@ class KMeans:
     # -- using a fit -----------------------------------------------------------
 
     def _prepare(self, X) -> da.Array:
+        """X checked against the fit, as the fit saw it (unit rows for ``metric="cosine"``)."""
         self._check_fitted()
-        arr = inputs.as_dask_array(X)
+        metric = validation.check_params({"metric": self.metric})["metric"]
+        arr = inputs.as_dask_array(X, metric=metric)
         validation.check_features(arr.shape[1], self.n_features_in_, type(self).__name__)
         return arr
 
@@ -371,7 +402,10 @@ class KMeans:
         return labels if _is_lazy(X) else labels.compute()
 
     def transform(self, X):
-        """Euclidean distances from each row of X to each center.
+        """Distances from each row of X to each center.
+
+        Euclidean distances; with ``metric="cosine"``, cosine distances
+        ``1 - cos``. Rounded (GEMM), not exact, as scikit-learn's.
 
         Returns
         -------
@@ -382,6 +416,7 @@ class KMeans:
         dist = arr.map_blocks(
             _transform_block,
             centers=centers,
+            metric=self.metric,
             chunks=(arr.chunks[0], (len(centers),)),
             dtype=arr.dtype,
             meta=np.empty((0, 0), arr.dtype),
@@ -389,7 +424,10 @@ class KMeans:
         return dist if _is_lazy(X) else dist.compute()
 
     def score(self, X, y=None, sample_weight=None) -> float:
-        """Opposite of the k-means objective of X with the fitted centers (one pass over X)."""
+        """Opposite of the k-means objective of X with the fitted centers (one pass over X).
+
+        With ``metric="cosine"``: minus the sum of (weighted) ``1 - cos``.
+        """
         arr = self._prepare(X)
         objective = passes.map_reduce(
             _objective_block,
@@ -399,7 +437,7 @@ class KMeans:
             retries=self.retries,
             centers=self._centers_for(arr),
         )
-        return -float(objective)
+        return -float(objective) / (2 if self.metric == "cosine" else 1)
 
     # -- persistence -----------------------------------------------------------
 
@@ -489,10 +527,12 @@ def _predict_block(x: np.ndarray, centers: np.ndarray, block_info=None) -> np.nd
     return kernel.assign(x, centers)[0].astype(np.int32)
 
 
-def _transform_block(x: np.ndarray, centers: np.ndarray, block_info=None) -> np.ndarray:
+def _transform_block(
+    x: np.ndarray, centers: np.ndarray, metric: str, block_info=None
+) -> np.ndarray:
     if block_info is not None:
         validation.check_finite_block(x, *_block_location(block_info))
-    return kernel.distances(x, centers)
+    return kernel.distances(x, centers, metric)
 
 
 def _objective_block(block: Block, x, weights, *, states, centers) -> float:

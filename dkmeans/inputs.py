@@ -23,7 +23,7 @@ import zarr
 from dask.base import tokenize
 from dask.core import flatten
 
-from dkmeans import validation
+from dkmeans import kernel, validation
 from dkmeans.errors import ChunkReadError, InputNotFoundError
 
 # Row blocks cut from in-memory inputs: big enough that Dask's per-task cost
@@ -105,7 +105,7 @@ def _is_sparse(X: Any) -> bool:
     return hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse")
 
 
-def as_dask_array(X: Any, name: str = "X") -> da.Array:
+def as_dask_array(X: Any, name: str = "X", metric: str = "euclidean") -> da.Array:
     """Turn a supported input into a validated 2-D float dask array.
 
     Checks rank, emptiness and dtype before any data is read; NumPy inputs
@@ -117,6 +117,9 @@ def as_dask_array(X: Any, name: str = "X") -> da.Array:
         The data, shape (n_samples, n_features).
     name : str
         Name used in error messages.
+    metric : {"euclidean", "cosine"}
+        "cosine": the rows as unit vectors, scaled as each block is read
+        (:func:`unit_rows`).
 
     Returns
     -------
@@ -165,7 +168,63 @@ def as_dask_array(X: Any, name: str = "X") -> da.Array:
         arr = arr.astype(dtype)
     if arr.numblocks[1] != 1:
         arr = arr.rechunk({1: -1})
-    return arr
+    return unit_rows(arr, name) if metric == "cosine" else arr
+
+
+def unit_rows(X: da.Array, name: str = "X") -> da.Array:
+    """X with every row scaled to unit length as its block is read (``metric="cosine"``).
+
+    Nothing is stored: each task that reads a block scales its rows in memory
+    (:func:`dkmeans.kernel.unit_rows`, the same bits on every CPU); X itself
+    is never modified. A row of zeros has no direction: NumPy input is
+    checked here, before any work; lazy input as its blocks are read, the
+    error naming the block and row. Passes over NumPy input still run
+    without a graph (:func:`in_memory_blocks`).
+    """
+    blocks = in_memory_blocks(X)
+    if blocks is not None:
+        start = 0
+        for index, block in enumerate(blocks):
+            _check_no_zero_row(kernel.first_zero_row(block), index, start, len(block), name)
+            start += len(block)
+    view = X.map_blocks(_unit_block, array_name=name, dtype=X.dtype, meta=X._meta)
+    view._dkmeans_unit_rows_of = (X, name)  # see in_memory_blocks
+    return view
+
+
+def _check_no_zero_row(first_zero: int, index: int, start: int, n_rows: int, name: str) -> None:
+    if first_zero >= 0:
+        raise ValueError(
+            f"{name} has a row of zeros, which has no direction (metric='cosine'): block "
+            f"{index} (rows {start}-{start + n_rows - 1}), row {start + first_zero}"
+        )
+
+
+def _unit_block(x: np.ndarray, array_name: str, block_info=None) -> np.ndarray:
+    """One block's rows as unit vectors; raises on a zero row (see :func:`unit_rows`)."""
+    unit, zero = kernel.unit_rows(x)
+    if zero.any():
+        index, start = 0, 0
+        if block_info is not None:
+            where = block_info[0]
+            index, start = where["chunk-location"][0], where["array-location"][0][0]
+        _check_no_zero_row(int(np.argmax(zero)), index, start, len(x), array_name)
+    return unit
+
+
+class _UnitBlocks(Sequence):
+    """The in-memory blocks of a :func:`unit_rows` view, each scaled when it is taken."""
+
+    def __init__(self, blocks: list[np.ndarray], name: str):
+        self.blocks, self.name = blocks, name
+        self.starts = np.concatenate([[0], np.cumsum([len(b) for b in blocks])])
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index):
+        where = {"chunk-location": (index, 0), "array-location": [(int(self.starts[index]),)]}
+        return _unit_block(self.blocks[index], self.name, block_info={0: where})
 
 
 def _blocks_of(array: np.ndarray, row_chunks: tuple[int, ...]) -> da.Array:
@@ -195,6 +254,10 @@ def in_memory_blocks(array: da.Array) -> list[np.ndarray] | None:
     """
     if array.ndim == 2 and array.numblocks[1] != 1:
         return None
+    unit_rows_of = getattr(array, "_dkmeans_unit_rows_of", None)
+    if unit_rows_of is not None:  # scaled by the task that takes each block
+        blocks = in_memory_blocks(unit_rows_of[0])
+        return None if blocks is None else _UnitBlocks(blocks, unit_rows_of[1])
     graph = array.__dask_graph__()
     blocks = []
     for key in flatten(array.__dask_keys__()):

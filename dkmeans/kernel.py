@@ -712,11 +712,13 @@ def assign(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, sqdist
 
 
-def distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Euclidean distances from each row to every center, shape (n, k).
+def distances(x: np.ndarray, centers: np.ndarray, metric: str = "euclidean") -> np.ndarray:
+    """Distances from each row to every center, shape (n, k).
 
-    Computed in float64 by the GEMM expansion (clipped at zero), returned in
-    the dtype of ``x``, as scikit-learn's ``KMeans.transform``: rounded, not
+    ``metric="euclidean"``: Euclidean distances. ``"cosine"``: for unit rows
+    and centers, the cosine distance ``1 - cos = ||x - c||² / 2``. Computed
+    in float64 by the GEMM expansion (clipped at zero), returned in the
+    dtype of ``x``, as scikit-learn's ``KMeans.transform``: rounded, not
     exact, and may differ in the last bits between BLAS builds.
     """
     x64 = x.astype(np.float64, copy=False)
@@ -724,7 +726,8 @@ def distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     sq = np.einsum("ij,ij->i", x64, x64)[:, None] - 2 * (x64 @ c64.T)
     sq += np.einsum("ij,ij->i", c64, c64)
     np.maximum(sq, 0, out=sq)
-    return np.sqrt(sq).astype(x.dtype, copy=False)
+    result = sq / 2 if metric == "cosine" else np.sqrt(sq)
+    return result.astype(x.dtype, copy=False)
 
 
 def block_stats(
@@ -948,6 +951,90 @@ def slack_summary(labels, upper, lower, weights, margin, slack, least, histogram
         if not weighted or weights[i] > 0:
             members[a] += 1
     return active
+
+
+# -- unit rows (metric="cosine") ---------------------------------------------------------------
+
+
+_UNSCALED_MIN = 2.0**-1000  # sums of squares below this are scaled first (no underflow)
+
+
+@numba.njit(nogil=True, cache=True)
+def _unit_rows(x, out, zero):  # pragma: no cover - compiled
+    """Each row of ``x`` over its Euclidean norm into ``out``; ``zero[i]``: row i is all zeros.
+
+    In float64, features in order: ``x * (1 / sqrt(sum x_f²))``, the same on
+    every CPU. Rows whose sum of squares would underflow or overflow (float64
+    data only) are divided by their largest ``|x_f|`` first. A zero row is
+    left zero; a row holding NaN or infinity becomes NaN (the callers' finite
+    checks name it). Returns the number of zero rows.
+    """
+    n, d = x.shape
+    count = 0
+    for i in range(n):
+        total = 0.0
+        for f in range(d):
+            value = np.float64(x[i, f])
+            total += value * value
+        zero[i] = False
+        if _UNSCALED_MIN <= total < np.inf:
+            scale = 1.0 / np.sqrt(total)
+            for f in range(d):
+                out[i, f] = np.float64(x[i, f]) * scale
+            continue
+        largest = 0.0
+        for f in range(d):
+            largest = max(largest, abs(np.float64(x[i, f])))
+        if largest == 0.0:
+            zero[i] = True
+            count += 1
+            for f in range(d):
+                out[i, f] = 0.0
+        elif not largest < np.inf:  # NaN or infinity
+            for f in range(d):
+                out[i, f] = np.nan
+        else:
+            total = 0.0
+            for f in range(d):
+                value = np.float64(x[i, f]) / largest
+                total += value * value
+            scale = 1.0 / np.sqrt(total)
+            for f in range(d):
+                out[i, f] = (np.float64(x[i, f]) / largest) * scale
+    return count
+
+
+@numba.njit(nogil=True, cache=True)
+def first_zero_row(x):  # pragma: no cover - compiled
+    """Index of the first row of ``x`` that is all zeros, or -1."""
+    for i in range(x.shape[0]):
+        zero = True
+        for f in range(x.shape[1]):
+            if x[i, f] != 0:
+                zero = False
+                break
+        if zero:
+            return i
+    return -1
+
+
+def unit_rows(x: np.ndarray, dtype: DTypeLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of ``x`` scaled to unit Euclidean length, and which rows are zero.
+
+    The scaling is computed in float64 in a fixed order (bitwise the same on
+    every CPU) and the result rounded to ``dtype`` (default: that of ``x``).
+    Zero rows stay zero; rows holding NaN or infinity become NaN.
+
+    Returns
+    -------
+    unit : ndarray of shape (n, d)
+    zero : ndarray of shape (n,), bool
+    """
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape, dtype=x.dtype if dtype is None else dtype)
+    zero = np.empty(len(x), dtype=np.bool_)
+    _unit_rows(x, out, zero)
+    return out, zero
 
 
 # -- for seeding (dkmeans.seeding): distances and draws in a fixed order ----------------------

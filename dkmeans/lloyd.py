@@ -33,6 +33,7 @@ ends bitwise as it would alone.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -173,13 +174,21 @@ def lloyd_pass(
     )
 
 
-def update_centers(totals: ChunkStats, centers: np.ndarray) -> tuple[np.ndarray, int]:
+def update_centers(
+    totals: ChunkStats, centers: np.ndarray, metric: str = "euclidean"
+) -> tuple[np.ndarray, int]:
     """New centers = weighted means, with empty clusters re-seeded.
 
     An empty cluster (zero total weight) takes the farthest point still
     unused, in order of decreasing distance to its center, and that point's
     weight and coordinates leave its old cluster — scikit-learn's rule. A
     cluster left with zero weight keeps its previous center.
+
+    ``metric="cosine"`` (unit rows): the centers are the weighted sums scaled
+    to unit length (:func:`dkmeans.kernel.unit_rows`; the direction of the
+    mean, which maximises the summed cosine), and the farthest points are
+    those of lowest cosine similarity to their center. A cluster whose sum is
+    zero (its rows cancel) keeps its previous center.
 
     Returns
     -------
@@ -199,7 +208,12 @@ def update_centers(totals: ChunkStats, centers: np.ndarray) -> tuple[np.ndarray,
         weights[cluster] = w
     new = centers.astype(np.float64)
     filled = weights > 0
-    new[filled] = sums[filled] / weights[filled, None]
+    if metric == "cosine":
+        unit, zero = kernel.unit_rows(sums)
+        filled &= ~zero
+        new[filled] = unit[filled]
+    else:
+        new[filled] = sums[filled] / weights[filled, None]
     return new.astype(centers.dtype), n_reseeded
 
 
@@ -327,6 +341,7 @@ def lloyd_runs(
     algorithm: str = "lloyd",
     margin_rule: Callable | None = None,
     runs_per_fit: int | None = None,
+    metric: str = "euclidean",
 ) -> list[LloydResult]:
     """Run one or more Lloyd runs (restarts) at once, sharing every pass over X.
 
@@ -375,6 +390,10 @@ def lloyd_runs(
     runs_per_fit : int, optional
         The bounded algorithm's runs that share one fit's memory budget
         (default: all; a sweep over k gives ``n_init``).
+    metric : {"euclidean", "cosine"}
+        "cosine": X is a :func:`dkmeans.inputs.unit_rows` view; the centers are
+        the normalised sums (:func:`update_centers`) and the objective
+        ``sum w (1 - cos) = sum w ||x - c||² / 2`` (:func:`_after_pass`).
 
     Returns
     -------
@@ -400,6 +419,7 @@ def lloyd_runs(
             on_iteration=on_iteration,
             on_pass=on_pass,
             runs_per_fit=runs_per_fit,
+            metric=metric,
             **rule,
         )
         if on_pass is not None:
@@ -429,7 +449,9 @@ def lloyd_runs(
                 states[run].tol_abs = tol_abs
         records = {}
         for run, run_totals in zip(active, totals, strict=True):
-            record = _after_pass(states[run], run_totals, max_iter=max_iter, dtype=X.dtype)
+            record = _after_pass(
+                states[run], run_totals, max_iter=max_iter, dtype=X.dtype, metric=metric
+            )
             if record is not None:  # the record in the run's history
                 record["seconds"] = seconds
                 records[run] = record
@@ -479,11 +501,22 @@ def _starting_states(
 
 
 def _after_pass(
-    state: LloydState, totals: ChunkStats, *, max_iter: int, dtype: np.dtype
+    state: LloydState,
+    totals: ChunkStats,
+    *,
+    max_iter: int,
+    dtype: np.dtype,
+    metric: str = "euclidean",
 ) -> dict | None:
-    """Take one run's pass: an iteration (its history record), or its final assignment (None)."""
+    """Take one run's pass: an iteration (its history record), or its final assignment (None).
+
+    With ``metric="cosine"`` the pass's objective, ``sum w ||x - c||²`` of unit
+    rows and centers, is halved (exactly) into ``sum w (1 - cos)``.
+    """
+    if metric == "cosine":
+        totals = dataclasses.replace(totals, objective=totals.objective / 2)
     if state.stop_reason is None:
-        return _iterate(state, totals, max_iter=max_iter, dtype=dtype)
+        return _iterate(state, totals, max_iter=max_iter, dtype=dtype, metric=metric)
     # Stopped short of an exact fixed point: this pass made the labels match
     # the final centers (as scikit-learn does).
     state.keep_final(totals)
@@ -499,13 +532,15 @@ def _scale(totals: ChunkStats, centers: np.ndarray) -> float:
     return float(totals.weights @ np.sum(centers.astype(np.float64) ** 2, axis=1))
 
 
-def _iterate(state: LloydState, totals: ChunkStats, *, max_iter: int, dtype: np.dtype) -> dict:
+def _iterate(
+    state: LloydState, totals: ChunkStats, *, max_iter: int, dtype: np.dtype, metric: str
+) -> dict:
     """Move one run's centers to the means of a pass's totals; test for a stop.
 
     Updates ``state`` and returns the iteration's history record.
     """
     iteration = state.n_iter
-    new_centers, n_reseeded = update_centers(totals, state.centers)
+    new_centers, n_reseeded = update_centers(totals, state.centers, metric)
     shift = float(np.sum((new_centers.astype(np.float64) - state.centers) ** 2))
     record = {
         "iteration": iteration + 1,

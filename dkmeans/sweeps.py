@@ -155,7 +155,7 @@ def sweep(
     if not isinstance(checked["init"], str):
         raise ValueError("sweep: init must be 'k-means||', 'k-means++' or 'random', not an array")
     n_init = validation.n_runs(checked["n_init"], checked["init"])
-    data = inputs.as_dask_array(X)
+    data = inputs.as_dask_array(X, metric=checked["metric"])
     weights = inputs.as_weights(sample_weight, data)
     for k in ks:
         validation.check_n_clusters(k, data.shape[0])

@@ -32,6 +32,7 @@ from dkmeans.errors import ParameterTypeError
 INIT_METHODS = ("k-means||", "k-means++", "random")
 LABEL_STORES = ("auto", "memory", "zarr")
 ALGORITHMS = ("auto", "lloyd", "bounded")
+METRICS = ("euclidean", "cosine")
 
 
 def integer_check(minimum: int, allow_none: bool = False) -> Callable[[Any, str], Any]:
@@ -126,6 +127,15 @@ def resolve_algorithm(algorithm: str, max_iter: int) -> str:
     return algorithm
 
 
+def _metric(value, name):
+    message = f"{name} must be 'euclidean' or 'cosine', got {value!r}"
+    if not isinstance(value, str):
+        raise ParameterTypeError(message)
+    if value not in METRICS:
+        raise ValueError(message)
+    return value
+
+
 def _label_store(value, name):
     if isinstance(value, str | os.PathLike):
         return value  # a name of LABEL_STORES, or a path or URL
@@ -169,6 +179,11 @@ PARAMETERS: dict[str, Parameter] = {
         _algorithm,
         "'lloyd' (every row every iteration), 'bounded' (the same labels, reading only the "
         "rows that can change) or 'auto' ('bounded', 'lloyd' when max_iter < 20)",
+    ),
+    "metric": Parameter(
+        "euclidean",
+        _metric,
+        "'euclidean' (k-means) or 'cosine' (spherical k-means: rows compared by direction)",
     ),
     "random_state": Parameter(
         None,

@@ -57,6 +57,14 @@ def wide_blobs() -> np.ndarray:
     return X.astype(np.float32)
 
 
+def directions(dtype) -> np.ndarray:
+    """Embedding-like rows (metric="cosine"): 12 mean directions, lengths spread widely."""
+    rng = np.random.default_rng(6)
+    means = rng.normal(size=(12, 24))
+    X = means[rng.integers(12, size=30_000)] + rng.normal(scale=0.8, size=(30_000, 24))
+    return (X * rng.lognormal(size=(30_000, 1))).astype(dtype)
+
+
 def zarr_input(workdir: str, name: str, X: np.ndarray) -> str:
     path = os.path.join(workdir, name)
     if not os.path.exists(path):
@@ -85,6 +93,14 @@ def main(workdir: str) -> None:
         "blobs f64, NumPy, random, n_init=3, max_iter": lambda: KMeans(
             9, init="random", n_init=3, random_state=3, max_iter=8
         ).fit(blobs(np.float64)),
+        "directions f32, Zarr, cosine, k-means|| weighted": lambda: KMeans(
+            12, metric="cosine", random_state=5, tol=0, max_iter=30
+        ).fit(
+            zarr_input(workdir, "directions32.zarr", directions(np.float32)), sample_weight=weights
+        ),
+        "directions f64, NumPy, cosine, random, n_init=2": lambda: KMeans(
+            12, init="random", n_init=2, metric="cosine", random_state=6, max_iter=30
+        ).fit(directions(np.float64)),
         # The issue's example: GEMM rounding changed this fit's centers and labels.
         "blobs f32 300,000 x 32, k=64, random": lambda: KMeans(
             64, init="random", n_init=1, random_state=4, tol=0, max_iter=30

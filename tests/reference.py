@@ -84,3 +84,34 @@ def exact_sqdist(X: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> np.n
     return np.array(
         [float(Fraction(distances[i, j], denominator**2)) for i, j in enumerate(labels)]
     )
+
+
+def unit(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, in float64."""
+    X64 = np.asarray(X, dtype=np.float64)
+    return X64 / np.linalg.norm(X64, axis=1, keepdims=True)
+
+
+def spherical_kmeans(X, init, weights=None, max_iter=300):
+    """Spherical k-means (Dhillon & Modha) from ``init``, to its fixed point, in float64.
+
+    Labels: the largest cosine (first index on ties); centers: each cluster's
+    weighted sum of unit rows, scaled to unit length; no empty clusters
+    expected. Returns (labels, centers, objectives), the objective of each
+    iteration's labels being ``sum w (1 - cos)`` to that iteration's centers.
+    """
+    Xn = unit(X)
+    w = np.ones(len(Xn)) if weights is None else np.asarray(weights, dtype=np.float64)
+    centers = unit(init)
+    labels, objectives = None, []
+    for _ in range(max_iter):
+        similarity = Xn @ centers.T
+        new = similarity.argmax(axis=1)
+        objectives.append(float(np.sum(w * (1 - similarity[np.arange(len(Xn)), new]))))
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+        sums, _ = cluster_sums(Xn, labels, w, len(centers))
+        assert (np.linalg.norm(sums, axis=1) > 0).all(), "an empty cluster"
+        centers = unit(sums)
+    return labels, centers, objectives

@@ -12,8 +12,8 @@ environment changes what the hardware-dependent layers do:
 - NPY_DISABLE_CPU_FEATURES turns off NumPy's AVX2/AVX-512 loops.
 
 Float32 and float64, in-memory and Zarr input, tie-heavy (pixels k/255) and
-generic data, the three initialisations, weights, restarts: every digest
-equals the default run's.
+generic data, the three initialisations, weights, restarts, both metrics:
+every digest equals the default run's.
 """
 
 import json

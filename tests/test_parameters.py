@@ -28,6 +28,7 @@ BAD = {
     "max_iter": ("10", 0),
     "tol": ("a lot", -1.0),
     "algorithm": (1, "elkan"),
+    "metric": (1, "manhattan"),
     "random_state": ("seed", None),
     "split_every": (2.0, 1),
     "label_store": (3, None),
