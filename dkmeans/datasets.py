@@ -90,3 +90,40 @@ def make_blobs_zarr(
             pass
     array.attrs["centers"] = centers.tolist()
     return array
+
+
+def make_directions(
+    n_samples: int,
+    n_features: int,
+    n_centers: int,
+    *,
+    spread: float = 0.5,
+    norm_sigma: float = 1.0,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Embedding-like rows: directions around ``n_centers`` mean directions, lengths varying.
+
+    Each row is its cluster's unit mean direction plus Gaussian noise of
+    standard deviation ``spread / sqrt(n_features)`` per feature (so
+    ``spread`` is the noise's typical length against the mean's 1: a
+    von Mises-Fisher-like cloud on the sphere), times a log-normal length
+    (``norm_sigma``): what clustering by cosine should see through.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+    labels : ndarray of shape (n_samples,), the true clusters
+    directions : ndarray of shape (n_centers, n_features), float64 unit vectors
+    """
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(n_centers, n_features))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    labels = rng.integers(n_centers, size=n_samples)
+    X = np.empty((n_samples, n_features), dtype=dtype)
+    for start in range(0, n_samples, 1 << 18):  # in pieces: no float64 copy of all of X
+        stop = min(n_samples, start + (1 << 18))
+        noise = rng.normal(scale=spread / np.sqrt(n_features), size=(stop - start, n_features))
+        lengths = rng.lognormal(sigma=norm_sigma, size=(stop - start, 1))
+        X[start:stop] = (directions[labels[start:stop]] + noise) * lengths
+    return X, labels, directions

@@ -10,8 +10,8 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_five_notebooks_committed_without_outputs():
-    assert len(NOTEBOOKS) == 5
+def test_there_are_six_notebooks_committed_without_outputs():
+    assert len(NOTEBOOKS) == 6
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         nbformat.validate(notebook)
