@@ -437,7 +437,7 @@ class KMeans:
             retries=self.retries,
             centers=self._centers_for(arr),
         )
-        return -float(objective) / (2 if self.metric == "cosine" else 1)
+        return -lloyd.metric_objective(float(objective), self.metric)
 
     # -- persistence -----------------------------------------------------------
 

@@ -217,6 +217,15 @@ def update_centers(
     return new.astype(centers.dtype), n_reseeded
 
 
+def metric_objective(squared_distances: float, metric: str) -> float:
+    """The objective from a sum of ``w ||x - c||²``: the sum itself, or half of it for cosine.
+
+    With ``metric="cosine"`` rows and centers are unit vectors, so
+    ``||x - c||² = 2 (1 - cos)`` and the halved sum is ``sum w (1 - cos)``.
+    """
+    return squared_distances / 2 if metric == "cosine" else squared_distances
+
+
 def check_objective(
     previous: float, current: float, dtype: np.dtype, iteration: int, scale: float = 0.0
 ) -> None:
@@ -514,7 +523,7 @@ def _after_pass(
     rows and centers, is halved (exactly) into ``sum w (1 - cos)``.
     """
     if metric == "cosine":
-        totals = dataclasses.replace(totals, objective=totals.objective / 2)
+        totals = dataclasses.replace(totals, objective=metric_objective(totals.objective, metric))
     if state.stop_reason is None:
         return _iterate(state, totals, max_iter=max_iter, dtype=dtype, metric=metric)
     # Stopped short of an exact fixed point: this pass made the labels match

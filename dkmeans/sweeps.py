@@ -144,6 +144,9 @@ def sweep(
 
     Notes
     -----
+    With ``metric="cosine"`` the scores are computed on the unit rows
+    (Euclidean distances between unit vectors, ``sqrt(2 (1 - cos))``).
+
     Memory: each k holds its label store (1-2 bytes a row); with the bounded
     algorithm each k still running also holds up to the active-row budget
     of a fit (:data:`dkmeans.bounded.ACTIVE_MEMORY_BYTES`): on small workers
