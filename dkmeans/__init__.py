@@ -13,7 +13,8 @@ Where each part lives (a newcomer finds the algorithm in ``lloyd.py`` and
 - ``seeding``: initial centers (k-means||, k-means++, random, an array)
 - ``sweeps``: :func:`sweep`, choosing k (all k in the same passes, cluster-quality scores)
 - ``checkpoint``: the fit's workspace, checkpoints and resume
-- ``results``: the result-group format (save, load, describe)
+- ``results``: the result-group format (save, load, describe); ``storage``: groups and
+  arrays at paths or fsspec URLs, with storage options
 - ``inputs``: opening X and weights (and its unit rows, ``metric="cosine"``);
   ``validation``: the parameter table and data checks
 - ``errors``: every public exception and warning

@@ -45,7 +45,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from dkmeans import results, state, validation
+from dkmeans import results, state, storage, validation
 from dkmeans.errors import CheckpointMismatchError
 from dkmeans.lloyd import LloydState
 
@@ -164,13 +164,16 @@ class Checkpoint(Workspace):
         self.group = group
         # run -> (n_iter, buffer) of its latest centers write
         self._centers_written: dict[int, tuple[int, int]] = {}
+        # Opened once: on object storage each lookup of a member costs requests.
+        self._state_group: zarr.Group | None = None
+        self._centers: dict[int, zarr.Array] = {}
 
     @classmethod
     def create(
-        cls, path, X: da.Array, *, n_clusters: list[int], labels_dtype, attrs
+        cls, path, X: da.Array, *, n_clusters: list[int], labels_dtype, attrs, storage_options=None
     ) -> Checkpoint:
         """Start a new result group at ``path``, replacing whatever is there (k of each run)."""
-        group = zarr.open_group(store=os.fspath(path), mode="w")
+        group = storage.open_group(path, "w", storage_options)
         group.attrs.update(results.jsonable(attrs))
         state_group = group.create_group(results.UNFINISHED)
         state_group.attrs["format"] = FORMAT
@@ -185,7 +188,9 @@ class Checkpoint(Workspace):
         return cls(group, stores)
 
     @classmethod
-    def open(cls, path, X: da.Array, *, n_runs, labels_dtype, fingerprint: dict) -> Checkpoint:
+    def open(
+        cls, path, X: da.Array, *, n_runs, labels_dtype, fingerprint: dict, storage_options=None
+    ) -> Checkpoint:
         """Open an unfinished fit's group to continue it (``states`` None: start it again).
 
         Raises
@@ -195,7 +200,7 @@ class Checkpoint(Workspace):
             its result (data shape, dtype or chunking, weights, k, n_init,
             tol, split_every), or was saved in another format.
         """
-        group = zarr.open_group(store=os.fspath(path), mode="r+")
+        group = storage.open_group(path, "r+", storage_options)
         check_fingerprint(group.attrs.get("fingerprint", {}), fingerprint, path)
         state_group = group[results.UNFINISHED]
         if state_group.attrs.get("format") != FORMAT:
@@ -224,7 +229,9 @@ class Checkpoint(Workspace):
 
     def save(self, states: list[LloydState]) -> None:
         """Save every run's state after a pass (or the initial centers)."""
-        state_group = self.group[results.UNFINISHED]
+        if self._state_group is None:
+            self._state_group = self.group[results.UNFINISHED]
+        state_group = self._state_group
         records = []
         for run, run_state in enumerate(states):
             # A run that has stopped keeps its centers: no rewrite of the buffer in use;
@@ -232,7 +239,9 @@ class Checkpoint(Workspace):
             written_at, buffer = self._centers_written.get(run, (None, 1))
             if written_at != run_state.n_iter:
                 buffer = 1 - buffer
-                state_group[_run_name(run)]["centers"][buffer] = run_state.centers
+                if run not in self._centers:
+                    self._centers[run] = state_group[_run_name(run)]["centers"]
+                self._centers[run][buffer] = run_state.centers
                 self._centers_written[run] = (run_state.n_iter, buffer)
             records.append({**_record(run_state), "centers_buffer": buffer})
         # What `dkmeans info` shows of an unfinished fit: the run lowest so far.
@@ -274,6 +283,7 @@ def open_workspace(
     n_runs: int,
     params: dict[str, Any],
     attrs: dict[str, Any],
+    storage_options: dict | None = None,
 ) -> Workspace:
     """What a fit works in: a new or continued checkpoint, a finished result, or plain stores.
 
@@ -284,20 +294,25 @@ def open_workspace(
     a checkpoint, the label stores are the ``label_store`` parameter's.
     ``n_clusters`` a list: a sweep over k, ``n_runs`` runs of each k in turn
     (a finished sweep is not read back here: :func:`dkmeans.sweep` does).
+    ``storage_options`` are for the checkpoint's or label store's URL.
     """
     ks = [n_clusters] if isinstance(n_clusters, int) else list(n_clusters)
     run_clusters = [k for k in ks for _ in range(n_runs)]
     labels_dtype = state.label_dtype(max(ks))
     if checkpoint is None:
         stores = state.make_stores(
-            params["label_store"], X.chunks[0], labels_dtype, len(run_clusters)
+            params["label_store"],
+            X.chunks[0],
+            labels_dtype,
+            len(run_clusters),
+            storage_options=storage_options,
         )
         return Workspace(stores)
     expected = fit_fingerprint(X, weighted, n_clusters, n_runs, params)
-    found = results.status(checkpoint) if resume else "absent"
+    found = results.status(checkpoint, storage_options) if resume else "absent"
     if found == "complete":
         workspace = Workspace([])
-        workspace.result = results.read_result(checkpoint)
+        workspace.result = results.read_result(checkpoint, storage_options)
         check_fingerprint(workspace.result.attrs.get("fingerprint", {}), expected, checkpoint)
         return workspace
     if found == "checkpoint":
@@ -307,6 +322,7 @@ def open_workspace(
             n_runs=len(run_clusters),
             labels_dtype=labels_dtype,
             fingerprint=expected,
+            storage_options=storage_options,
         )
     return Checkpoint.create(
         checkpoint,
@@ -314,6 +330,7 @@ def open_workspace(
         n_clusters=run_clusters,
         labels_dtype=labels_dtype,
         attrs={**attrs, "fingerprint": expected},
+        storage_options=storage_options,
     )
 
 

@@ -36,7 +36,8 @@ logger = logging.getLogger("dkmeans")
 
 # Errors that mean "the input is wrong": a one-line message and exit status 2.
 # (A chunk that cannot be read is a one-line message and exit status 1.)
-USER_ERRORS = (JobError, ValueError, TypeError, FileNotFoundError)
+# PermissionError: credentials or rights that do not let the job read or write.
+USER_ERRORS = (JobError, ValueError, TypeError, FileNotFoundError, PermissionError)
 
 
 def _positive_int(text: str) -> int:
@@ -44,6 +45,26 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _storage_options(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
+
+
+STORAGE_OPTIONS = {
+    "dest": "storage_options",
+    "metavar": "JSON",
+    "type": _storage_options,
+    "default": None,
+    "help": 'fsspec options for the command\'s URLs, e.g. \'{"endpoint_url": "http://..."}\' '
+    "(default: the filesystem's own configuration, such as the AWS_* variables)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,12 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("output", help="Zarr array (n,) of int32 labels to write")
     predict.add_argument("--scheduler", default="threads", help="as dask.scheduler in a job")
     predict.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    predict.add_argument("--storage-options", **STORAGE_OPTIONS)
 
     info = commands.add_parser(
         "info", parents=[verbosity], help="describe a result group (or an unfinished fit)"
     )
     info.add_argument("group", help="result group")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.add_argument("--storage-options", **STORAGE_OPTIONS)
     return parser
 
 
@@ -153,7 +176,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _run_job(
     args: argparse.Namespace, job: jobs.Job, run: Callable[..., Any], kind: str = "fit"
 ) -> None:
-    """``run(X, sample_weight=, checkpoint=, resume=)`` under the job's scheduler.
+    """``run(X, sample_weight=, checkpoint=, resume=, storage_options=)`` under the scheduler.
 
     ``kind`` ("fit" or "sweep") names what runs in the log.
 
@@ -161,8 +184,8 @@ def _run_job(
     behind: there is nothing to resume from. A fault (an I/O error) keeps
     the checkpoint for --resume.
     """
-    output = job["output.path"]
-    found = results.status(output)
+    output, output_options = job["output.path"], job["output.storage_options"]
+    found = results.status(output, output_options)
     if args.resume and found == "complete":
         logger.info("%s already holds the complete result of this job; nothing to do", output)
     elif args.resume and found == "checkpoint":
@@ -172,16 +195,21 @@ def _run_job(
     try:
         with jobs.scheduler(job.section("dask")), progress.pass_bars(show_bars):
             if weights is not None:
-                weights = da.from_zarr(inputs.open_zarr_array(weights, "input.sample_weight"))
+                weights = da.from_zarr(jobs.open_input(job, "input.sample_weight"))
             run(
-                job["input.path"],
+                # opened here with the input's options; the output's go to the run
+                job["input.path"]
+                if job["input.storage_options"] is None
+                else jobs.open_input(job, "input.path"),
                 sample_weight=weights,
                 checkpoint=output,
                 resume=args.resume and found in ("checkpoint", "complete"),
+                storage_options=output_options,
             )
     except USER_ERRORS:
         if found == "absent":
-            results.remove(output)
+            with contextlib.suppress(OSError):  # e.g. no right to write there, nor to delete
+                results.remove(output, output_options)
         raise
     except ChunkReadError:
         logger.info("the %s so far is saved at %s: continue it with --resume", kind, output)
@@ -261,19 +289,21 @@ def cmd_make_blobs(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     cfg = jobs.dask_defaults(scheduler=args.scheduler)
-    model = load(args.model)
-    inputs.open_zarr_array(args.input, "INPUT")  # a clear error before anything is written
-    if results.status(args.output) != "absent" and not args.overwrite:
+    options = args.storage_options
+    model = load(args.model, storage_options=options)
+    inputs.open_zarr_array(args.input, "INPUT", options)  # a clear error before any write
+    if results.status(args.output, options) != "absent" and not args.overwrite:
         raise JobError(f"OUTPUT {args.output!r} exists; give --overwrite to replace it")
     with jobs.scheduler(cfg):
-        labels = model.predict(args.input)
-        results.write_labels_group(args.output, labels, {"model": args.model, "input": args.input})
+        labels = model.predict(args.input, storage_options=options)
+        attrs = {"model": args.model, "input": args.input}
+        results.write_labels_group(args.output, labels, attrs, options)
     logger.info("wrote %s/labels: %d labels", args.output, labels.shape[0])
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = results.describe(args.group)
+    info = results.describe(args.group, args.storage_options)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

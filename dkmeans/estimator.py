@@ -22,8 +22,17 @@ from dkmeans.passes import Block
 
 
 def _is_lazy(X: Any) -> bool:
-    """Inputs whose large answers come back as dask arrays."""
+    """Inputs whose large answers come back as dask arrays (dask-backed DataArrays too)."""
+    if inputs.is_xarray(X):
+        return isinstance(getattr(X, "data", None), da.Array)
     return isinstance(X, da.Array | zarr.Array | str | os.PathLike)
+
+
+def _answer(values: da.Array, X: Any, other_dim: str | None = None):
+    """An answer as big as X: lazy for lazy X, else computed; a DataArray for xarray X."""
+    values = values if _is_lazy(X) else values.compute()
+    rows = inputs.xarray_rows(X)
+    return values if rows is None else rows.wrap(values, other_dim)
 
 
 def initial_centers(data, weights, n_clusters: int | list[int], n_runs: int, params: dict) -> list:
@@ -308,6 +317,7 @@ class KMeans:
         *,
         checkpoint: str | os.PathLike | None = None,
         resume: bool = False,
+        storage_options: dict | None = None,
     ) -> KMeans:
         """Compute k-means clustering.
 
@@ -328,6 +338,12 @@ class KMeans:
             (ending with bitwise the same result as an uninterrupted fit),
             or load its result if it finished; start a new fit if there is
             nothing there. Without ``resume`` the group is replaced.
+        storage_options : dict, optional
+            Options of the fsspec filesystem of X, ``checkpoint`` and a ``label_store``
+            path, where they are URLs
+            (e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}`` for S3);
+            without them, the filesystem's usual configuration (for S3 the
+            ``AWS_*`` environment variables) applies. Not saved anywhere.
 
         Returns
         -------
@@ -335,7 +351,7 @@ class KMeans:
         """
         params = validation.check_params(self.get_params())
         n_runs = validation.n_runs(params["n_init"], params["init"])
-        data = inputs.as_dask_array(X, metric=params["metric"])
+        data = inputs.as_dask_array(X, metric=params["metric"], storage_options=storage_options)
         weights = inputs.as_weights(sample_weight, data)
         k = validation.check_n_clusters(params["n_clusters"], data.shape[0])
         workspace = open_workspace(
@@ -347,51 +363,57 @@ class KMeans:
             n_runs=n_runs,
             params=params,
             attrs=self._describe(inputs.describe_input(X, data)),
+            storage_options=storage_options,
         )
+        rows = inputs.xarray_rows(X)
         if workspace.result is not None:  # resumed a fit that had finished
-            return self._set_result(workspace.result)
+            return self._set_result(workspace.result, rows)
         centers = None
         if workspace.states is None:  # a new fit (else: continued from the checkpoint)
             centers = initial_centers(data, weights, k, n_runs, params)
         reporter = progress.IterationReporter(n_runs) if params["verbose"] else None
         runs = run_lloyd(data, weights, centers, workspace, params, reporter)
         best = min(range(n_runs), key=lambda run: runs[run].inertia)  # ties: the first run
-        self._set_result(workspace.finish(best, self._result(runs[best], data.shape[1])))
+        fitted = self._result(runs[best], data.shape[1], rows)
+        self._set_result(workspace.finish(best, fitted), rows)
         if reporter is not None:
             reporter.finish(best, runs[best])
         return self
 
-    def fit_predict(self, X, y=None, sample_weight=None):
-        """Fit, then return ``labels_`` (NumPy for in-memory X, else dask)."""
-        labels = self.fit(X, sample_weight=sample_weight).labels_
+    def fit_predict(self, X, y=None, sample_weight=None, *, storage_options=None):
+        """Fit, then return ``labels_`` (NumPy for in-memory X, else dask; xarray: a DataArray)."""
+        labels = self.fit(X, sample_weight=sample_weight, storage_options=storage_options).labels_
         return labels if _is_lazy(X) else labels.compute()
 
-    def fit_transform(self, X, y=None, sample_weight=None):
+    def fit_transform(self, X, y=None, sample_weight=None, *, storage_options=None):
         """Fit, then return the distances of X to the centers."""
-        return self.fit(X, sample_weight=sample_weight).transform(X)
+        fitted = self.fit(X, sample_weight=sample_weight, storage_options=storage_options)
+        return fitted.transform(X, storage_options=storage_options)
 
     # -- using a fit -----------------------------------------------------------
 
-    def _prepare(self, X) -> da.Array:
+    def _prepare(self, X, storage_options: dict | None) -> da.Array:
         """X checked against the fit, as the fit saw it (unit rows for ``metric="cosine"``)."""
         self._check_fitted()
         metric = validation.check_params({"metric": self.metric})["metric"]
-        arr = inputs.as_dask_array(X, metric=metric)
+        arr = inputs.as_dask_array(X, metric=metric, storage_options=storage_options)
         validation.check_features(arr.shape[1], self.n_features_in_, type(self).__name__)
         return arr
 
     def _centers_for(self, X: da.Array) -> np.ndarray:
         return self.cluster_centers_.astype(X.dtype, copy=False)
 
-    def predict(self, X):
+    def predict(self, X, *, storage_options: dict | None = None):
         """Label of the nearest center for each row of X.
+
+        ``storage_options``: for X an fsspec URL (as for :meth:`fit`).
 
         Returns
         -------
         ndarray or dask.array.Array of shape (n_samples,), int32
             NumPy for in-memory X; lazy dask for dask, Zarr or path input.
         """
-        arr = self._prepare(X)
+        arr = self._prepare(X, storage_options)
         labels = arr.map_blocks(
             _predict_block,
             centers=self._centers_for(arr),
@@ -399,19 +421,20 @@ class KMeans:
             dtype=np.int32,
             meta=np.empty((0,), np.int32),
         )
-        return labels if _is_lazy(X) else labels.compute()
+        return _answer(labels, X)
 
-    def transform(self, X):
+    def transform(self, X, *, storage_options: dict | None = None):
         """Distances from each row of X to each center.
 
         Euclidean distances; with ``metric="cosine"``, cosine distances
         ``1 - cos``. Rounded (GEMM), not exact, as scikit-learn's.
+        ``storage_options``: for X an fsspec URL (as for :meth:`fit`).
 
         Returns
         -------
         ndarray or dask.array.Array of shape (n_samples, n_clusters)
         """
-        arr = self._prepare(X)
+        arr = self._prepare(X, storage_options)
         centers = self._centers_for(arr)
         dist = arr.map_blocks(
             _transform_block,
@@ -421,14 +444,15 @@ class KMeans:
             dtype=arr.dtype,
             meta=np.empty((0, 0), arr.dtype),
         )
-        return dist if _is_lazy(X) else dist.compute()
+        return _answer(dist, X, "cluster")
 
-    def score(self, X, y=None, sample_weight=None) -> float:
+    def score(self, X, y=None, sample_weight=None, *, storage_options=None) -> float:
         """Opposite of the k-means objective of X with the fitted centers (one pass over X).
 
         With ``metric="cosine"``: minus the sum of (weighted) ``1 - cos``.
+        ``storage_options``: for X an fsspec URL (as for :meth:`fit`).
         """
-        arr = self._prepare(X)
+        arr = self._prepare(X, storage_options)
         objective = passes.map_reduce(
             _objective_block,
             [arr, inputs.as_weights(sample_weight, arr)],
@@ -441,17 +465,19 @@ class KMeans:
 
     # -- persistence -----------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, storage_options: dict | None = None) -> None:
         """Write the fit to a Zarr group: centers, labels, history, parameters.
 
         The group gets ``attrs["dkmeans_complete"] = True`` last, so a write
         that fails part-way never looks complete. Load it with
         :func:`dkmeans.load`. The format: :mod:`dkmeans.results`.
+        ``storage_options``: for ``path`` an fsspec URL (as for :meth:`fit`).
         """
         self._check_fitted()
+        labels = self.labels_
         fitted = results.Result(
             centers=self.cluster_centers_,
-            labels=self.labels_,
+            labels=labels.data if inputs.is_xarray(labels) else labels,
             history=self.history_,
             inertia=self.inertia_,
             n_iter=self.n_iter_,
@@ -460,8 +486,9 @@ class KMeans:
             n_features_in=self.n_features_in_,
             params=self._jsonable_params(),
             attrs={"versions": results.versions()},
+            rows=getattr(self, "_rows", None),
         )
-        results.write_result(path, fitted)
+        results.write_result(path, fitted, storage_options)
 
     def _jsonable_params(self) -> dict[str, Any]:
         """The parameters as a result group records them (a Generator seed is not kept)."""
@@ -480,7 +507,9 @@ class KMeans:
             "input": input_description,
         }
 
-    def _result(self, run: lloyd.LloydResult, n_features: int) -> results.Result:
+    def _result(
+        self, run: lloyd.LloydResult, n_features: int, rows: inputs.Rows | None = None
+    ) -> results.Result:
         """A run of this fit as a result (its labels are the workspace's to give)."""
         return results.Result(
             centers=run.centers,
@@ -492,12 +521,20 @@ class KMeans:
             stop_reason=run.stop_reason,
             n_features_in=n_features,
             params=self._jsonable_params(),
+            rows=rows,
         )
 
-    def _set_result(self, result: results.Result) -> KMeans:
-        """Take the fitted attributes from a result (of a fit, or read from a group)."""
+    def _set_result(self, result: results.Result, rows: inputs.Rows | None = None) -> KMeans:
+        """Take the fitted attributes from a result (of a fit, or read from a group).
+
+        ``rows``: those of an xarray input (else the group's, if it recorded them):
+        ``labels_`` is then a DataArray along them.
+        """
         self.cluster_centers_ = result.centers
+        self._rows = rows if rows is not None else result.rows
         self.labels_ = result.labels.astype(np.int32)
+        if self._rows is not None:
+            self.labels_ = self._rows.wrap(self.labels_)
         self.history_ = result.history
         self.inertia_ = result.inertia
         self.n_iter_ = result.n_iter
@@ -507,9 +544,12 @@ class KMeans:
         return self
 
 
-def load(path: str | os.PathLike) -> KMeans:
-    """A fitted KMeans from a result group written by :meth:`KMeans.save` or a checkpointed fit."""
-    result = results.read_result(path)
+def load(path: str | os.PathLike, *, storage_options: dict | None = None) -> KMeans:
+    """A fitted KMeans from a result group written by :meth:`KMeans.save` or a checkpointed fit.
+
+    ``storage_options``: for ``path`` an fsspec URL (as for :meth:`KMeans.fit`).
+    """
+    result = results.read_result(path, storage_options)
     params = dict(result.params)
     if isinstance(params.get("init"), list):
         params["init"] = np.asarray(params["init"])

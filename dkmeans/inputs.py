@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
@@ -23,7 +24,7 @@ import zarr
 from dask.base import tokenize
 from dask.core import flatten
 
-from dkmeans import kernel, validation
+from dkmeans import kernel, storage, validation
 from dkmeans.errors import ChunkReadError, InputNotFoundError
 
 # Row blocks cut from in-memory inputs: big enough that Dask's per-task cost
@@ -77,11 +78,16 @@ class ZarrRowReader:
         return f"{len(rows)} rows in chunks {', '.join(map(str, chunks))} (of {n_chunks})"
 
 
-def open_zarr_array(path: str | os.PathLike, name: str = "X") -> zarr.Array:
-    """Open an existing Zarr array read-only, with a clear error if it is not one."""
+def open_zarr_array(
+    path: str | os.PathLike, name: str = "X", storage_options: dict | None = None
+) -> zarr.Array:
+    """Open an existing Zarr array read-only, with a clear error if it is not one.
+
+    ``storage_options``: for an fsspec URL (:mod:`dkmeans.storage`).
+    """
     path = os.fspath(path)
     try:
-        node = zarr.open(store=path, mode="r")
+        node = storage.open_node(path, storage_options)
     except FileNotFoundError as err:
         if not os.path.exists(path):
             why = "path does not exist"
@@ -90,6 +96,8 @@ def open_zarr_array(path: str | os.PathLike, name: str = "X") -> zarr.Array:
         else:
             why = "no Zarr metadata there"
         raise InputNotFoundError(f"{name}: no Zarr array at {path!r} ({why})") from err
+    except PermissionError as err:  # credentials or rights
+        raise PermissionError(f"{name}: access to {path!r} denied ({err})") from err
     except Exception as err:  # zarr raises several kinds for "not zarr here"
         raise InputNotFoundError(f"{name}: {path!r} is not a Zarr array ({err})") from err
     if isinstance(node, zarr.Group):
@@ -105,7 +113,61 @@ def _is_sparse(X: Any) -> bool:
     return hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse")
 
 
-def as_dask_array(X: Any, name: str = "X", metric: str = "euclidean") -> da.Array:
+def is_xarray(X: Any) -> bool:
+    """Whether ``X`` is an xarray object (xarray is optional: never imported for others)."""
+    return type(X).__module__.split(".")[0] == "xarray"
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The row dimension of an xarray input: its name and coordinate (or None)."""
+
+    dim: str
+    coordinate: Any  # an xarray coordinate (1-D) along ``dim``, or None
+    dims: tuple[str, ...]  # all the input's dimensions, rows first
+
+    def wrap(self, values: Any, other_dim: str | None = None) -> Any:
+        """``values`` (NumPy or dask, rows first) as a DataArray along the input's rows."""
+        import xarray as xr
+
+        dims = (self.dim,) if other_dim is None else (self.dim, other_dim)
+        coords = {} if self.coordinate is None else {self.dim: self.coordinate}
+        return xr.DataArray(values, dims=dims, coords=coords)
+
+    def describe(self) -> dict[str, Any]:
+        """What a result group records of them (the coordinate's values are stored apart)."""
+        return {"dims": list(self.dims), "row_dim": self.dim, "row_coordinate": self.has_values}
+
+    @property
+    def has_values(self) -> bool:
+        """Whether the coordinate's values can be stored (numbers, booleans, datetimes)."""
+        return self.coordinate is not None and self.coordinate.dtype.kind in "biufmM"
+
+
+def xarray_rows(X: Any) -> Rows | None:
+    """The :class:`Rows` of an xarray DataArray input, None for any other input."""
+    if not is_xarray(X) or not hasattr(X, "dims") or isinstance(X.dims, Mapping):
+        return None
+    dim = str(X.dims[0])
+    coordinate = X.coords[dim] if dim in X.coords else None
+    return Rows(dim, coordinate, tuple(str(d) for d in X.dims))
+
+
+def _xarray_data(X: Any, name: str) -> Any:
+    """The NumPy or dask array inside an xarray DataArray (a Dataset: which variable?)."""
+    if not hasattr(X, "data") or isinstance(getattr(X, "dims", None), Mapping):
+        variables = ", ".join(repr(str(v)) for v in getattr(X, "data_vars", {}))
+        raise TypeError(
+            f"{name}: an xarray {type(X).__name__} holds several variables; pass one "
+            f"DataArray, e.g. {name}=ds[{variables.split(', ')[0] if variables else 'name'}] "
+            f"(variables: {variables or 'none'})"
+        )
+    return X.data
+
+
+def as_dask_array(
+    X: Any, name: str = "X", metric: str = "euclidean", storage_options: dict | None = None
+) -> da.Array:
     """Turn a supported input into a validated 2-D float dask array.
 
     Checks rank, emptiness and dtype before any data is read; NumPy inputs
@@ -113,13 +175,16 @@ def as_dask_array(X: Any, name: str = "X", metric: str = "euclidean") -> da.Arra
 
     Parameters
     ----------
-    X : array-like, dask array, zarr.Array, str or os.PathLike
-        The data, shape (n_samples, n_features).
+    X : array-like, dask array, zarr.Array, xarray.DataArray, str or os.PathLike
+        The data, shape (n_samples, n_features) (a DataArray: its first
+        dimension is the rows, NumPy- or dask-backed).
     name : str
         Name used in error messages.
     metric : {"euclidean", "cosine"}
         "cosine": the rows as unit vectors, scaled as each block is read
         (:func:`unit_rows`).
+    storage_options : dict, optional
+        For ``X`` an fsspec URL: the filesystem's options (:mod:`dkmeans.storage`).
 
     Returns
     -------
@@ -127,8 +192,10 @@ def as_dask_array(X: Any, name: str = "X", metric: str = "euclidean") -> da.Arra
         float32 (float32/float16 input) or float64 (everything else), with a
         single chunk along columns.
     """
+    if is_xarray(X):
+        X = _xarray_data(X, name)
     if isinstance(X, str | os.PathLike):
-        X = open_zarr_array(X, name)
+        X = open_zarr_array(X, name, storage_options)
     if _is_sparse(X):
         raise TypeError(
             f"{name}: sparse input ({type(X).__name__}) is not supported; "
@@ -301,7 +368,10 @@ def as_weights(sample_weight: Any, X: da.Array) -> da.Array | None:
 
 def describe_input(source: Any, X: da.Array) -> dict[str, Any]:
     """A JSON-able description of the input of a fit, for its result group."""
-    if isinstance(source, str | os.PathLike):
+    rows = xarray_rows(source)
+    if rows is not None:
+        kind, where = "xarray", None
+    elif isinstance(source, str | os.PathLike):
         kind, where = "zarr", os.fspath(source)
     elif isinstance(source, zarr.Array):
         kind, where = "zarr", str(source.store_path)
@@ -316,4 +386,4 @@ def describe_input(source: Any, X: da.Array) -> dict[str, Any]:
         "dtype": str(X.dtype),
         "row_chunk": int(X.chunks[0][0]),
         "n_blocks": int(X.numblocks[0]),
-    }
+    } | ({} if rows is None else rows.describe())

@@ -30,6 +30,7 @@ from typing import Any
 import dask
 import numpy as np
 import yaml
+import zarr
 
 from dkmeans import inputs, results, validation
 from dkmeans.errors import JobError
@@ -140,8 +141,17 @@ FIELDS: dict[str, Field] = {
     "input.sample_weight": Field(
         None, _typed(str, allow_none=True), "Zarr array (n,) of non-negative row weights"
     ),
+    "input.storage_options": Field(
+        None,
+        _typed(dict, allow_none=True),
+        "fsspec options for the input's URLs (e.g. endpoint_url, key, secret; default: the "
+        "filesystem's own configuration, such as the AWS_* variables)",
+    ),
     "output.path": Field(
         None, _typed(str), "Zarr group for checkpoints and the result", required=True
+    ),
+    "output.storage_options": Field(
+        None, _typed(dict, allow_none=True), "fsspec options for output.path, as for the input"
     ),
     "output.overwrite": Field(
         False, _typed(bool), "replace a result or unfinished fit already at output.path"
@@ -276,7 +286,7 @@ def load_job(
 def _check_data(job: Job) -> None:
     """Open the input (and weights, and init array) to check shapes and dtypes; read no data."""
     try:
-        X = inputs.open_zarr_array(job["input.path"], name="input.path")
+        X = open_input(job, "input.path")
         n_samples, n_features = validation.check_shape(X.shape, "input.path")
         validation.working_dtype(X.dtype, "input.path")
         key = "model.n_clusters" if job["sweep.n_clusters"] is None else "sweep.n_clusters"
@@ -286,14 +296,14 @@ def _check_data(job: Job) -> None:
         except ValueError as err:
             raise ValueError(f"{key}: {err} in input.path") from err
         if job["input.sample_weight"] is not None:
-            w = inputs.open_zarr_array(job["input.sample_weight"], name="input.sample_weight")
+            w = open_input(job, "input.sample_weight")
             if w.shape != (n_samples,):
                 raise ValueError(
                     f"input.sample_weight has shape {w.shape}; it needs one weight per row "
                     f"of input.path, shape ({n_samples},)"
                 )
         if job["model.init"] not in validation.INIT_METHODS:
-            init = inputs.open_zarr_array(job["model.init"], name="model.init")
+            init = open_input(job, "model.init")
             if init.shape != (job["model.n_clusters"], n_features):
                 raise ValueError(
                     f"model.init array has shape {init.shape}, expected "
@@ -303,9 +313,15 @@ def _check_data(job: Job) -> None:
         raise JobError(f"{job.source}: {err}") from err
 
 
+def open_input(job: Job, key: str) -> zarr.Array:
+    """The Zarr array a key of the job names (input.path, input.sample_weight, model.init)."""
+    return inputs.open_zarr_array(job[key], name=key, storage_options=job["input.storage_options"])
+
+
 def _check_output(job: Job, resume: bool) -> None:
     """Refuse to clobber what is at output.path unless asked to."""
-    path, found = job["output.path"], results.status(job["output.path"])
+    path = job["output.path"]
+    found = results.status(path, job["output.storage_options"])
     if job["output.overwrite"] or found == "absent":
         return
     if found == "checkpoint" and not resume:
@@ -330,7 +346,7 @@ def init_value(job: Job) -> str | np.ndarray:
     init = job["model.init"]
     if init in validation.INIT_METHODS:
         return init
-    return np.asarray(inputs.open_zarr_array(init, name="model.init")[:])
+    return np.asarray(open_input(job, "model.init")[:])
 
 
 def dask_defaults(**given: Any) -> dict[str, Any]:

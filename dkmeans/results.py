@@ -8,8 +8,10 @@ end, by a checkpointed fit in its own group)::
       labels                (n,), chunked like X's rows
       history/              one float64 array per column of HISTORY_COLUMNS
                             (and of BOUNDED_COLUMNS for a bounded fit)
+      row_coordinate        (n,) an xarray input's row coordinate (numbers, datetimes)
       attrs:  params, input, versions, inertia, n_iter, converged, stop_reason,
-              n_features_in, n_samples (and a checkpointed fit's fingerprint),
+              n_features_in, n_samples (and a checkpointed fit's fingerprint;
+              an xarray input's ROWS_ATTR: dims, row_dim, row_coordinate),
               then COMPLETE_ATTR = True, written last
 
 A reader checks COMPLETE_ATTR: a write that failed part-way never looks
@@ -33,10 +35,15 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from dkmeans import storage
 from dkmeans.errors import InputNotFoundError
+from dkmeans.storage import StorageOptions
 
 COMPLETE_ATTR = "dkmeans_complete"
 UNFINISHED = "checkpoint"  # the member holding an unfinished fit's state
+# An xarray input's rows: attrs[ROWS_ATTR] = their dims; the coordinate's values, where
+# they are numbers or datetimes, in the member ROW_COORDINATE.
+ROWS_ATTR, ROW_COORDINATE = "rows", "row_coordinate"
 HISTORY_COLUMNS = ("objective", "labels_changed", "center_shift", "reseeded", "seconds")
 # Columns of a bounded fit's history (dkmeans.bounded): "full_pass" stands for "pass".
 BOUNDED_COLUMNS = ("full_pass", "rows_read", "rows_assigned")
@@ -57,6 +64,7 @@ class Result:
     n_features_in: int
     params: dict[str, Any]
     attrs: dict[str, Any] = field(default_factory=dict)  # everything in the group's attrs
+    rows: Any = None  # the rows of an xarray input (dkmeans.inputs.Rows), or None
 
 
 def versions() -> dict[str, str]:
@@ -72,14 +80,14 @@ def versions() -> dict[str, str]:
     }
 
 
-def status(path: str | os.PathLike) -> str:
+def status(path: str | os.PathLike, storage_options: StorageOptions = None) -> str:
     """What is at ``path``: "absent", "complete", "checkpoint" or "other".
 
     "checkpoint" is an unfinished fit that can be continued; "other" is
     anything else (not a Zarr group, or a group dkmeans did not write).
     """
     try:
-        group = zarr.open_group(store=os.fspath(path), mode="r")
+        group = storage.open_group(path, "r", storage_options)
     except FileNotFoundError:
         return "absent"
     except Exception:
@@ -91,7 +99,9 @@ def status(path: str | os.PathLike) -> str:
     return "other"
 
 
-def write_result(target: str | os.PathLike | zarr.Group, result: Result) -> None:
+def write_result(
+    target: str | os.PathLike | zarr.Group, result: Result, storage_options: StorageOptions = None
+) -> None:
     """Write a fit to a Zarr group; mark it complete only once all is written.
 
     ``target`` is a path/URL (the group there is replaced) or an open group
@@ -101,7 +111,7 @@ def write_result(target: str | os.PathLike | zarr.Group, result: Result) -> None
         group = target
         group.attrs.pop(COMPLETE_ATTR, None)
     else:
-        group = zarr.open_group(store=os.fspath(target), mode="w")
+        group = storage.open_group(target, "w", storage_options)
     group.create_array("centers", data=np.asarray(result.centers), overwrite=True)
     write_labels(group, "labels", result.labels)
     hist = group.create_group("history", overwrite=True)
@@ -122,6 +132,11 @@ def write_result(target: str | os.PathLike | zarr.Group, result: Result) -> None
         "n_features_in": result.n_features_in,
         "n_samples": int(result.labels.shape[0]),
     }
+    if result.rows is not None:
+        attrs[ROWS_ATTR] = result.rows.describe()
+        if result.rows.has_values:
+            values = np.asarray(result.rows.coordinate.values)
+            group.create_array(ROW_COORDINATE, data=values, overwrite=True)
     group.attrs.update(jsonable(attrs))
     group.attrs[COMPLETE_ATTR] = True  # last: the mark of a complete result
 
@@ -142,14 +157,21 @@ def write_labels(group: zarr.Group, name: str, labels: da.Array) -> zarr.Array:
     return out
 
 
-def write_labels_group(path: str | os.PathLike, labels: da.Array, attrs: Mapping) -> None:
+def write_labels_group(
+    path: str | os.PathLike,
+    labels: da.Array,
+    attrs: Mapping,
+    storage_options: StorageOptions = None,
+) -> None:
     """A group holding only ``labels`` (``dkmeans predict``'s output), marked complete last."""
-    group = zarr.open_group(store=os.fspath(path), mode="w")
+    group = storage.open_group(path, "w", storage_options)
     write_labels(group, "labels", labels)
     group.attrs.update(jsonable({**attrs, COMPLETE_ATTR: True}))
 
 
-def read_result(source: str | os.PathLike | zarr.Group) -> Result:
+def read_result(
+    source: str | os.PathLike | zarr.Group, storage_options: StorageOptions = None
+) -> Result:
     """Read a result group (a path/URL or an open group) written by :func:`write_result`.
 
     Raises
@@ -162,7 +184,7 @@ def read_result(source: str | os.PathLike | zarr.Group) -> Result:
     else:
         path = os.fspath(source)
         try:
-            group = zarr.open_group(store=path, mode="r")
+            group = storage.open_group(path, "r", storage_options)
         except FileNotFoundError as err:
             raise InputNotFoundError(f"no dkmeans result group at {path!r}") from err
     attrs = dict(group.attrs)
@@ -181,7 +203,26 @@ def read_result(source: str | os.PathLike | zarr.Group) -> Result:
         n_features_in=attrs["n_features_in"],
         params=attrs["params"],
         attrs=attrs,
+        rows=_read_rows(group, attrs),
     )
+
+
+def _read_rows(group: zarr.Group, attrs: dict) -> Any:
+    """The recorded rows of an xarray input, if xarray is installed to give them back."""
+    recorded = attrs.get(ROWS_ATTR)
+    if recorded is None:
+        return None
+    try:
+        import xarray as xr
+    except ImportError:
+        return None
+    from dkmeans.inputs import Rows
+
+    dim = recorded["row_dim"]
+    coordinate = None
+    if recorded["row_coordinate"] and ROW_COORDINATE in group:
+        coordinate = xr.DataArray(group[ROW_COORDINATE][:], dims=(dim,))
+    return Rows(dim, coordinate, tuple(recorded["dims"]))
 
 
 def _read_history(hist: zarr.Group) -> list[dict]:
@@ -199,15 +240,15 @@ def _read_history(hist: zarr.Group) -> list[dict]:
     return history
 
 
-def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+def read_attrs(path: str | os.PathLike, storage_options: StorageOptions = None) -> dict[str, Any]:
     """The attributes of the group at ``path`` (an error naming it if there is none)."""
     try:
-        return dict(zarr.open_group(store=os.fspath(path), mode="r").attrs)
+        return dict(storage.open_group(path, "r", storage_options).attrs)
     except FileNotFoundError as err:
         raise InputNotFoundError(f"no dkmeans result group at {os.fspath(path)!r}") from err
 
 
-def describe(path: str | os.PathLike) -> dict[str, Any]:
+def describe(path: str | os.PathLike, storage_options: StorageOptions = None) -> dict[str, Any]:
     """What ``dkmeans info`` shows: a result group, or the saved progress of an unfinished fit.
 
     A sweep's group (:func:`dkmeans.sweep`) shows its attributes, the table among them.
@@ -217,25 +258,23 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     ValueError
         If ``path`` holds neither.
     """
-    found = status(path)
-    if found == "complete" and "sweep" in read_attrs(path):  # dkmeans.sweeps' group
-        return {"status": "complete", **read_attrs(path), "history": []}
+    found = status(path, storage_options)
+    if found == "complete" and "sweep" in read_attrs(path, storage_options):  # a sweep's group
+        return {"status": "complete", **read_attrs(path, storage_options), "history": []}
     if found == "complete":
-        result = read_result(path)
+        result = read_result(path, storage_options)
         return {"status": "complete", **result.attrs, "history": result.history}
     if found == "checkpoint":
-        group = zarr.open_group(store=os.fspath(path), mode="r")
+        group = storage.open_group(path, "r", storage_options)
         state = dict(group[UNFINISHED].attrs.get("state", {}))
         progress = {"n_iter": state.get("n_iter", 0), "history": state.get("history", [])}
         return {"status": "unfinished", **dict(group.attrs), **progress}
     raise ValueError(f"GROUP {os.fspath(path)!r}: not a dkmeans result group ({found})")
 
 
-def remove(path: str | os.PathLike) -> None:
+def remove(path: str | os.PathLike, storage_options: StorageOptions = None) -> None:
     """Delete whatever is at a path or fsspec URL, if anything."""
-    from fsspec.core import url_to_fs  # a dependency of dask
-
-    fs, root = url_to_fs(os.fspath(path))
+    fs, root = storage.filesystem(path, storage_options)
     if fs.exists(root):
         fs.rm(root, recursive=True)
 

@@ -37,7 +37,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from dkmeans import inputs
+from dkmeans import inputs, storage
 
 # "auto" keeps per-row state in memory up to this many bytes (all runs together).
 MEMORY_LIMIT_BYTES = 2**30
@@ -232,6 +232,8 @@ class ZarrStore(RowStore):
     passes : int
         With ``array``: the passes it holds (their latest values are in
         buffer ``passes % 2``).
+    storage_options : dict, optional
+        For a ``path`` that is an fsspec URL (:mod:`dkmeans.storage`).
     """
 
     kind = "zarr"
@@ -245,6 +247,7 @@ class ZarrStore(RowStore):
         path: str | os.PathLike | None = None,
         array: zarr.Array | None = None,
         passes: int = 0,
+        storage_options: dict | None = None,
     ):
         super().__init__(row_chunks, dtype, row_shape)
         self._temporary: str | None = None
@@ -252,7 +255,9 @@ class ZarrStore(RowStore):
             if path is None:
                 path = self._temporary = tempfile.mkdtemp(prefix="dkmeans-state-")
                 atexit.register(shutil.rmtree, path, ignore_errors=True)
-            array = create_array(os.fspath(path), self.row_chunks, self.dtype, self.row_shape)
+            array = create_array(
+                os.fspath(path), self.row_chunks, self.dtype, self.row_shape, storage_options
+            )
         expected = (2, len(self.row_chunks), max(self.row_chunks), *self.row_shape)
         if array.shape != expected or array.dtype != self.dtype:
             raise ValueError(
@@ -322,6 +327,7 @@ def create_array(
     row_chunks: tuple[int, ...],
     dtype: Any,
     row_shape: tuple[int, ...] = (),
+    storage_options: dict | None = None,
     name: str = "labels",
 ) -> zarr.Array:
     """The ``(2, n_blocks, max_block_rows, *row_shape)`` double-buffered array, filled with -1.
@@ -339,7 +345,7 @@ def create_array(
     }
     if isinstance(where, zarr.Group):
         return where.create_array(name, **spec)
-    return zarr.create_array(store=where, **spec)
+    return storage.create_array(where, storage_options, **spec)
 
 
 def make_stores(
@@ -348,6 +354,7 @@ def make_stores(
     dtype: Any,
     n_runs: int = 1,
     row_shape: tuple[int, ...] = (),
+    storage_options: dict | None = None,
 ) -> list[RowStore]:
     """The stores ``KMeans(label_store=spec)`` asks for, one per run.
 
@@ -367,6 +374,8 @@ def make_stores(
         Number of runs (``n_init``).
     row_shape : tuple of int
         Shape of each row's value.
+    storage_options : dict, optional
+        For a path that is an fsspec URL (:mod:`dkmeans.storage`).
     """
     if spec == "auto":
         size = n_runs * MemoryStore(row_chunks, dtype, row_shape).nbytes
@@ -375,7 +384,12 @@ def make_stores(
         return [MemoryStore(row_chunks, dtype, row_shape) for _ in range(n_runs)]
     if spec == "zarr":
         return [ZarrStore(row_chunks, dtype, row_shape) for _ in range(n_runs)]
-    if n_runs == 1:
-        return [ZarrStore(row_chunks, dtype, row_shape, path=spec)]
-    base = os.fspath(spec).rstrip("/")
-    return [ZarrStore(row_chunks, dtype, row_shape, path=f"{base}/run-{r}") for r in range(n_runs)]
+    paths = (
+        [spec]
+        if n_runs == 1
+        else [f"{os.fspath(spec).rstrip('/')}/run-{r}" for r in range(n_runs)]
+    )
+    return [
+        ZarrStore(row_chunks, dtype, row_shape, path=path, storage_options=storage_options)
+        for path in paths
+    ]

@@ -110,6 +110,7 @@ def sweep(
     sample_weight=None,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    storage_options: dict | None = None,
     **params: Any,
 ) -> Sweep:
     """Fit k-means for every k in ``n_clusters`` at once, sharing every pass; score each k.
@@ -131,6 +132,9 @@ def sweep(
     resume : bool, default=False
         With ``checkpoint``: continue the unfinished sweep saved there, or
         read its result if it finished (as ``KMeans.fit``).
+    storage_options : dict, optional
+        For X, ``checkpoint`` or a ``label_store`` path that is an fsspec URL
+        (as for :meth:`KMeans.fit`).
     **params
         Any parameter of :class:`~dkmeans.KMeans` but ``n_clusters`` (an
         ``init`` array cannot serve several k). With an integer
@@ -158,16 +162,20 @@ def sweep(
     if not isinstance(checked["init"], str):
         raise ValueError("sweep: init must be 'k-means||', 'k-means++' or 'random', not an array")
     n_init = validation.n_runs(checked["n_init"], checked["init"])
-    data = inputs.as_dask_array(X, metric=checked["metric"])
+    data = inputs.as_dask_array(X, metric=checked["metric"], storage_options=storage_options)
     weights = inputs.as_weights(sample_weight, data)
     for k in ks:
         validation.check_n_clusters(k, data.shape[0])
     attrs = template._describe(inputs.describe_input(X, data))
     attrs["params"].pop("n_clusters")
     attrs[SWEEP_ATTR] = {"n_clusters": ks}
-    found = results.status(checkpoint) if (checkpoint is not None and resume) else "absent"
+    found = "absent"
+    if checkpoint is not None and resume:
+        found = results.status(checkpoint, storage_options)
     if found == "complete":
-        return _read_sweep(checkpoint, data, weights is not None, ks, checked, n_init)
+        return _read_sweep(
+            checkpoint, data, weights is not None, ks, checked, n_init, storage_options
+        )
     workspace = open_workspace(
         checkpoint,
         resume=found == "checkpoint",
@@ -177,6 +185,7 @@ def sweep(
         n_runs=n_init,
         params=checked,
         attrs=attrs,
+        storage_options=storage_options,
     )
     centers = None
     if workspace.states is None:  # a new sweep (else: continued from the checkpoint)
@@ -454,24 +463,30 @@ def table_from_attrs(saved: dict[str, list]) -> dict[str, np.ndarray]:
     }
 
 
-def load_sweep(path: str | os.PathLike) -> Sweep:
-    """A finished sweep from its result group (as :func:`sweep` with ``checkpoint`` wrote it)."""
-    group_attrs = results.read_attrs(path)
+def load_sweep(path: str | os.PathLike, *, storage_options: dict | None = None) -> Sweep:
+    """A finished sweep from its result group (as :func:`sweep` with ``checkpoint`` wrote it).
+
+    ``storage_options``: for ``path`` an fsspec URL (as for :meth:`KMeans.fit`).
+    """
+    group_attrs = results.read_attrs(path, storage_options)
     if SWEEP_ATTR not in group_attrs:
         raise ValueError(f"{os.fspath(path)!r} is not the result group of a sweep")
-    if results.status(path) != "complete":
+    if results.status(path, storage_options) != "complete":
         raise ValueError(
             f"{os.fspath(path)!r} is not a complete sweep (the run that wrote it did not finish)"
         )
     saved = group_attrs[SWEEP_ATTR]
     base = os.fspath(path).rstrip("/")
-    models = {int(k): load(f"{base}/{_member(int(k))}") for k in saved["n_clusters"]}
+    models = {
+        int(k): load(f"{base}/{_member(int(k))}", storage_options=storage_options)
+        for k in saved["n_clusters"]
+    }
     return Sweep(table=table_from_attrs(saved["table"]), models=models)
 
 
-def _read_sweep(path, data, weighted, ks, checked, n_init) -> Sweep:
+def _read_sweep(path, data, weighted, ks, checked, n_init, storage_options) -> Sweep:
     """A finished sweep found at ``path`` on resume: the same sweep, or an error."""
     expected = fit_fingerprint(data, weighted, ks, n_init, checked)
-    saved = results.read_attrs(path).get("fingerprint", {})
+    saved = results.read_attrs(path, storage_options).get("fingerprint", {})
     check_fingerprint(saved, expected, path)
-    return load_sweep(path)
+    return load_sweep(path, storage_options=storage_options)
