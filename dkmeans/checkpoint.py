@@ -306,6 +306,7 @@ def open_workspace(
             labels_dtype,
             len(run_clusters),
             storage_options=storage_options,
+            scratch=params["scratch"],
         )
         return Workspace(stores)
     expected = fit_fingerprint(X, weighted, n_clusters, n_runs, params)

@@ -16,7 +16,18 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from dkmeans import errors, inputs, kernel, lloyd, passes, progress, results, seeding, validation
+from dkmeans import (
+    errors,
+    inputs,
+    kernel,
+    lloyd,
+    passes,
+    progress,
+    results,
+    seeding,
+    state,
+    validation,
+)
 from dkmeans.checkpoint import open_workspace
 from dkmeans.passes import Block
 
@@ -35,11 +46,19 @@ def _answer(values: da.Array, X: Any, other_dim: str | None = None):
     return values if rows is None else rows.wrap(values, other_dim)
 
 
-def initial_centers(data, weights, n_clusters: int | list[int], n_runs: int, params: dict) -> list:
+def initial_centers(
+    data,
+    weights,
+    n_clusters: int | list[int],
+    n_runs: int,
+    params: dict,
+    storage_options: dict | None = None,
+) -> list:
     """Each run's initial centers, as the (checked) parameters ask.
 
     ``n_clusters`` a list (a sweep over k): ``n_runs`` runs of each k in turn,
-    each k's from the generators its own fit would spawn.
+    each k's from the generators its own fit would spawn. ``storage_options``:
+    for a ``label_store`` or ``scratch`` URL.
     """
     ks = [n_clusters] if isinstance(n_clusters, int) else n_clusters
     init = params["init"]
@@ -60,7 +79,8 @@ def initial_centers(data, weights, n_clusters: int | list[int], n_runs: int, par
         oversampling=params["init_oversampling"],
         split_every=params["split_every"],
         retries=params["retries"],
-        state=params["label_store"],  # k-means|| keeps its per-row state where labels go
+        # k-means|| keeps its per-row state where labels go
+        state=state.Placement(params["label_store"], params["scratch"], storage_options),
     )
 
 
@@ -167,8 +187,17 @@ class KMeans:
         Where labels live between passes: "memory" (persisted dask blocks:
         in this process, or on the workers under dask.distributed), "zarr"
         (a Zarr array in a temporary directory), a path or URL (a Zarr array
-        there, replaced), or "auto" (memory up to 1 GiB of labels, else
-        "zarr").
+        there, replaced), or "auto" (memory while the labels take at most
+        10% of the memory they would live in: the workers' memory limits
+        under dask.distributed, this machine's memory otherwise; else
+        "zarr"; the log says which).
+    scratch : str or os.PathLike, default=None
+        Where temporary Zarr state goes (``label_store="zarr"``, or "auto"
+        choosing it, and k-means|| state): a path or URL every worker can
+        reach (e.g. ``s3://bucket/tmp``, with ``storage_options`` of
+        :meth:`fit`); removed when the process ends. None: a temporary
+        directory of the machine that runs the fit, which workers on other
+        machines cannot see.
     init_sample_size : int, default=None
         Rows k-means++ samples when X is too large to use whole (default
         131072).
@@ -232,6 +261,7 @@ class KMeans:
         random_state: int | np.random.Generator | np.random.RandomState | None = None,
         split_every: int = 8,
         label_store: str | os.PathLike = "auto",
+        scratch: str | os.PathLike | None = None,
         init_sample_size: int | None = None,
         init_rounds: int = 3,
         init_oversampling: float = 2.0,
@@ -248,6 +278,7 @@ class KMeans:
         self.random_state = random_state
         self.split_every = split_every
         self.label_store = label_store
+        self.scratch = scratch
         self.init_sample_size = init_sample_size
         self.init_rounds = init_rounds
         self.init_oversampling = init_oversampling
@@ -370,7 +401,7 @@ class KMeans:
             return self._set_result(workspace.result, rows)
         centers = None
         if workspace.states is None:  # a new fit (else: continued from the checkpoint)
-            centers = initial_centers(data, weights, k, n_runs, params)
+            centers = initial_centers(data, weights, k, n_runs, params, storage_options)
         reporter = progress.IterationReporter(n_runs) if params["verbose"] else None
         runs = run_lloyd(data, weights, centers, workspace, params, reporter)
         best = min(range(n_runs), key=lambda run: runs[run].inertia)  # ties: the first run

@@ -3,14 +3,14 @@
 A job file has four sections (every key is listed in :data:`FIELDS` and
 documented in config/README.md)::
 
-    input:  {path, sample_weight}
-    output: {path, overwrite}
-    model:  {n_clusters, init, n_init, max_iter, tol, algorithm, random_state, split_every,
-             init_sample_size, init_rounds, init_oversampling, retries}: KMeans'
-             parameters, checked by the estimator's own table
+    input:  {path, sample_weight, storage_options}
+    output: {path, overwrite, storage_options}
+    model:  {n_clusters, init, n_init, max_iter, tol, algorithm, metric, random_state,
+             split_every, scratch, init_sample_size, init_rounds, init_oversampling,
+             retries}: KMeans' parameters, checked by the estimator's own table
              (dkmeans.validation.PARAMETERS)
     dask:   {scheduler, num_workers, n_workers, threads_per_worker, memory_limit,
-             dashboard_address, slurm, slurm_jobs}
+             dashboard_address, slurm, slurm_jobs, kubernetes, kubernetes_workers}
 
 :func:`load_job` reads and checks all of it before any work starts: an
 unknown key, a wrong type or value, a missing input or an output that would
@@ -38,7 +38,7 @@ from dkmeans.errors import JobError
 logger = logging.getLogger(__name__)
 
 LOCAL_SCHEDULERS = ("threads", "synchronous", "processes")
-SCHEDULERS = (*LOCAL_SCHEDULERS, "local-cluster", "slurm")
+SCHEDULERS = (*LOCAL_SCHEDULERS, "local-cluster", "slurm", "kubernetes")
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,12 @@ FIELDS: dict[str, Field] = {
     ),
     "dask.slurm": Field({}, _typed(dict), "slurm: keyword arguments of SLURMCluster"),
     "dask.slurm_jobs": Field(1, validation.integer_check(1), "slurm: jobs to start"),
+    "dask.kubernetes": Field(
+        {}, _typed(dict), "kubernetes: keyword arguments of dask_kubernetes' KubeCluster"
+    ),
+    "dask.kubernetes_workers": Field(
+        2, validation.integer_check(1), "kubernetes: worker pods to start"
+    ),
 }
 
 SECTIONS = sorted({key.split(".")[0] for key in FIELDS})
@@ -382,7 +388,7 @@ def scheduler(cfg: dict[str, Any]) -> Iterator[Any]:
             memory_limit=cfg["memory_limit"],
             dashboard_address=cfg["dashboard_address"],
         )
-    else:  # slurm
+    elif kind == "slurm":
         try:
             from dask_jobqueue import SLURMCluster
         except ImportError as err:
@@ -391,6 +397,15 @@ def scheduler(cfg: dict[str, Any]) -> Iterator[Any]:
             ) from err
         cluster_cm = SLURMCluster(**cfg["slurm"])
         cluster_cm.scale(jobs=cfg["slurm_jobs"])
+    else:  # kubernetes: the Dask operator's KubeCluster (the operator runs in the cluster)
+        try:
+            from dask_kubernetes.operator import KubeCluster
+        except ImportError as err:
+            raise JobError(
+                "dask.scheduler kubernetes needs dask-kubernetes (pip install dask-kubernetes)"
+            ) from err
+        cluster_cm = KubeCluster(**cfg["kubernetes"])
+        cluster_cm.scale(cfg["kubernetes_workers"])
     with cluster_cm as cluster, Client(cluster) as client:
         logger.info("Dask client: %s", client.scheduler.address)  # the dashboard: see progress
         yield client

@@ -266,7 +266,7 @@ def kmeans_parallel(
     oversampling: float = DEFAULT_OVERSAMPLING,
     split_every: int = 8,
     retries: int = 0,
-    state: str | os.PathLike = "auto",
+    state: str | os.PathLike | state.Placement = "auto",
 ) -> list[np.ndarray]:
     """k-means|| (scalable k-means++, Bahmani et al. 2012): few passes, any size of X.
 
@@ -379,18 +379,22 @@ def _round(X, weights, runs, candidates, first_new, stores, split_every, retries
     return results
 
 
-def _state_stores(spec, row_chunks, n_runs: int) -> list[tuple[state.RowStore, state.RowStore]]:
+def _state_stores(where, row_chunks, n_runs: int) -> list[tuple[state.RowStore, state.RowStore]]:
     """Each run's (nearest candidate, squared distance) stores for k-means||.
 
     As ``label_store`` says: "auto" and "memory" as given; "zarr" or a path, a
-    temporary Zarr array (a path is the labels' own place).
+    temporary Zarr array (a path is the labels' own place), in the scratch
+    location if there is one.
     """
+    if not isinstance(where, state.Placement):
+        where = state.Placement(where)
+    spec = where.spec
     if spec == "auto":  # both stores in the same place
-        n_bytes = n_runs * sum(row_chunks) * (4 + 8)
-        spec = "memory" if n_bytes <= state.MEMORY_LIMIT_BYTES else "zarr"
+        spec = state.choose_kind(n_runs * sum(row_chunks) * (4 + 8), "k-means|| state")
     spec = spec if spec == "memory" else "zarr"
-    nearest = state.make_stores(spec, row_chunks, np.int32, n_runs)
-    sqdist = state.make_stores(spec, row_chunks, np.float64, n_runs)
+    place = {"scratch": where.scratch, "storage_options": where.storage_options}
+    nearest = state.make_stores(spec, row_chunks, np.int32, n_runs, **place)
+    sqdist = state.make_stores(spec, row_chunks, np.float64, n_runs, **place)
     return list(zip(nearest, sqdist, strict=True))
 
 
@@ -416,7 +420,7 @@ def initial_centers(
     oversampling: float = DEFAULT_OVERSAMPLING,
     split_every: int = 8,
     retries: int = 0,
-    state: str | os.PathLike = "auto",
+    state: str | os.PathLike | state.Placement = "auto",
 ) -> list[np.ndarray]:
     """Compute the starting centers of each run (one per generator in ``rngs``).
 
@@ -444,9 +448,10 @@ def initial_centers(
         Fan-in of the reductions of k-means||.
     retries : int
         See :func:`dkmeans.passes.map_reduce`.
-    state : {"auto", "memory", "zarr"} or path
+    state : {"auto", "memory", "zarr"}, path or dkmeans.state.Placement
         Where k-means|| keeps its per-row state, as ``KMeans(label_store=...)``
-        (a path means a temporary Zarr array: the path is the labels' place).
+        (a path means a temporary Zarr array: the path is the labels' place),
+        or a Placement (with ``scratch``, where temporary arrays go).
 
     Returns
     -------

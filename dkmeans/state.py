@@ -27,20 +27,71 @@ stored as int8, int16 or int32, the smallest that holds k
 from __future__ import annotations
 
 import atexit
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import zarr
+from dask.utils import format_bytes
 
 from dkmeans import inputs, storage
 
-# "auto" keeps per-row state in memory up to this many bytes (all runs together).
-MEMORY_LIMIT_BYTES = 2**30
+# "auto" keeps state in memory while it takes at most this fraction of the memory it
+# would live in: the workers' memory limits together under dask.distributed (each holds
+# the values of the blocks it ran), else this machine's memory.
+MEMORY_FRACTION = 0.1
+logger = logging.getLogger("dkmeans")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a fit's per-row state goes: the ``label_store`` and ``scratch`` parameters.
+
+    ``storage_options`` are for the paths among them that are fsspec URLs.
+    """
+
+    spec: str | os.PathLike = "auto"
+    scratch: str | os.PathLike | None = None
+    storage_options: dict | None = None
+
+
+def memory_for_state() -> tuple[int, str]:
+    """(bytes, what they are): the memory that memory stores would take their room from."""
+    from dkmeans import passes  # passes builds on this module
+
+    if passes.on_distributed():
+        from distributed import get_client
+
+        workers = get_client().scheduler_info(n_workers=-1)["workers"].values()
+        limits = [int(worker.get("memory_limit") or 0) for worker in workers]
+        if limits and all(limits):
+            return sum(limits), f"the memory limits of {len(limits)} workers"
+    import psutil  # a dependency of distributed
+
+    return int(psutil.virtual_memory().total), "this machine's memory"
+
+
+def choose_kind(n_bytes: int, what: str) -> str:
+    """ "memory" or "zarr" for state of ``n_bytes`` (``"auto"``), said in the log."""
+    memory, where = memory_for_state()
+    kind = "memory" if n_bytes <= MEMORY_FRACTION * memory else "zarr"
+    logger.info(
+        "%s: %s (%s; memory up to %d%% of %s, %s)",
+        what,
+        kind,
+        format_bytes(n_bytes),
+        round(100 * MEMORY_FRACTION),
+        where,
+        format_bytes(memory),
+    )
+    return kind
 
 
 # What a pass's tasks returned of a memory store (None for a Zarr store, written by the tasks).
@@ -233,7 +284,10 @@ class ZarrStore(RowStore):
         With ``array``: the passes it holds (their latest values are in
         buffer ``passes % 2``).
     storage_options : dict, optional
-        For a ``path`` that is an fsspec URL (:mod:`dkmeans.storage`).
+        For a ``path`` or ``scratch`` that is an fsspec URL (:mod:`dkmeans.storage`).
+    scratch : str or os.PathLike, optional
+        Without ``path`` or ``array``: the temporary array goes there (a path
+        or URL the workers can reach) instead of a local temporary directory.
     """
 
     kind = "zarr"
@@ -248,13 +302,19 @@ class ZarrStore(RowStore):
         array: zarr.Array | None = None,
         passes: int = 0,
         storage_options: dict | None = None,
+        scratch: str | os.PathLike | None = None,
     ):
         super().__init__(row_chunks, dtype, row_shape)
         self._temporary: str | None = None
+        self._storage_options = storage_options
         if array is None:
-            if path is None:
+            if path is None and scratch is None:
                 path = self._temporary = tempfile.mkdtemp(prefix="dkmeans-state-")
-                atexit.register(shutil.rmtree, path, ignore_errors=True)
+            elif path is None:
+                base = os.fspath(scratch).rstrip("/")
+                path = self._temporary = f"{base}/dkmeans-state-{uuid.uuid4().hex}"
+            if self._temporary is not None:
+                atexit.register(self.discard)
             array = create_array(
                 os.fspath(path), self.row_chunks, self.dtype, self.row_shape, storage_options
             )
@@ -269,7 +329,14 @@ class ZarrStore(RowStore):
 
     def discard(self) -> None:
         if self._temporary is not None:
-            shutil.rmtree(self._temporary, ignore_errors=True)
+            if storage.is_url(self._temporary):
+                with contextlib.suppress(Exception):  # best effort: the store may be gone
+                    fs, root = storage.filesystem(self._temporary, self._storage_options)
+                    if fs.exists(root):
+                        fs.rm(root, recursive=True)
+            else:
+                shutil.rmtree(self._temporary, ignore_errors=True)
+            self._temporary = None
 
     def _current_buffer(self) -> int | None:
         return self.passes % 2 if self.passes > 0 else None
@@ -355,6 +422,8 @@ def make_stores(
     n_runs: int = 1,
     row_shape: tuple[int, ...] = (),
     storage_options: dict | None = None,
+    scratch: str | os.PathLike | None = None,
+    what: str = "label store",
 ) -> list[RowStore]:
     """The stores ``KMeans(label_store=spec)`` asks for, one per run.
 
@@ -362,10 +431,12 @@ def make_stores(
     ----------
     spec : {"auto", "memory", "zarr"} or path
         "auto": memory when the values of all runs take at most
-        ``MEMORY_LIMIT_BYTES``, else Zarr in a temporary directory; "zarr": a
-        temporary directory; a path or URL: a Zarr array created there
-        (replacing what is there), or with several runs one array per run
-        at ``PATH/run-0``, ``PATH/run-1``, ...
+        :data:`MEMORY_FRACTION` of the memory they would live in
+        (:func:`choose_kind`, which logs the choice), else "zarr"; "zarr": a
+        temporary array in ``scratch`` (default: a temporary directory of
+        this machine), removed at the end; a path or URL: a Zarr array
+        created there (replacing what is there), or with several runs one
+        array per run at ``PATH/run-0``, ``PATH/run-1``, ...
     row_chunks : tuple of int
         Row chunks of X.
     dtype : numpy dtype
@@ -375,15 +446,23 @@ def make_stores(
     row_shape : tuple of int
         Shape of each row's value.
     storage_options : dict, optional
-        For a path that is an fsspec URL (:mod:`dkmeans.storage`).
+        For paths that are fsspec URLs (:mod:`dkmeans.storage`).
+    scratch : str or os.PathLike, optional
+        Where temporary Zarr stores go: a path or URL the workers can reach.
+    what : str
+        What the stores hold, for the log.
     """
     if spec == "auto":
-        size = n_runs * MemoryStore(row_chunks, dtype, row_shape).nbytes
-        spec = "memory" if size <= MEMORY_LIMIT_BYTES else "zarr"
+        spec = choose_kind(n_runs * MemoryStore(row_chunks, dtype, row_shape).nbytes, what)
     if spec == "memory":
         return [MemoryStore(row_chunks, dtype, row_shape) for _ in range(n_runs)]
     if spec == "zarr":
-        return [ZarrStore(row_chunks, dtype, row_shape) for _ in range(n_runs)]
+        return [
+            ZarrStore(
+                row_chunks, dtype, row_shape, scratch=scratch, storage_options=storage_options
+            )
+            for _ in range(n_runs)
+        ]
     paths = (
         [spec]
         if n_runs == 1

@@ -189,7 +189,7 @@ def sweep(
     )
     centers = None
     if workspace.states is None:  # a new sweep (else: continued from the checkpoint)
-        centers = initial_centers(data, weights, ks, n_init, checked)
+        centers = initial_centers(data, weights, ks, n_init, checked, storage_options)
     reporter = None
     if checked["verbose"]:  # each run named by its k (and restart)
         names = [f"k={k}" + (f".{r}" if n_init > 1 else "") for k in ks for r in range(n_init)]

@@ -144,6 +144,12 @@ def _label_store(value, name):
     )
 
 
+def _scratch(value, name):
+    if value is None or isinstance(value, str | os.PathLike):
+        return value
+    raise ParameterTypeError(f"{name} must be None or a path/URL, got {value!r}")
+
+
 def _verbose(value, name):
     if isinstance(value, bool):
         return value
@@ -197,6 +203,12 @@ PARAMETERS: dict[str, Parameter] = {
         _label_store,
         "where labels live between passes: 'auto', 'memory', 'zarr' or a path/URL",
         in_job=False,  # a job keeps them in its output group
+    ),
+    "scratch": Parameter(
+        None,
+        _scratch,
+        "where temporary per-row state goes when it is not kept in memory: a path or URL "
+        "every worker can reach (None: a temporary directory of the machine that runs the fit)",
     ),
     "init_sample_size": Parameter(
         None, integer_check(1, allow_none=True), "rows k-means++ samples from a large X"

@@ -435,3 +435,18 @@ def test_sweep_plot_without_matplotlib_is_one_line_before_any_work(
     err = capsys.readouterr().err
     assert "--plot: plotting a sweep needs matplotlib: pip install 'dkmeans[plot]'" in err
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_scheduler_whose_package_is_missing_is_one_line(data_path, tmp_path, capsys):
+    """dask-kubernetes (and dask-jobqueue) are not dependencies: a clear line, nothing left."""
+    for scheduler, package in (("kubernetes", "dask-kubernetes"), ("slurm", "dask-jobqueue")):
+        try:
+            __import__(package.replace("-", "_"))
+            continue  # installed here: nothing to check
+        except ImportError:
+            pass
+        job = write_job(tmp_path, data_path, dask={"scheduler": scheduler})
+        assert main(["fit", job]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"needs {package} (pip install {package})"), err
+        assert not (tmp_path / "out.zarr").exists()

@@ -21,7 +21,7 @@ import pytest
 import yaml
 import zarr
 
-from dkmeans import KMeans, load, results
+from dkmeans import KMeans, load, results, storage
 from dkmeans.cli import main
 
 pytest.importorskip("s3fs")
@@ -54,7 +54,8 @@ def endpoint():
             patch.delenv(name, raising=False)
         boto3.client("s3").create_bucket(Bucket="data")
         yield url
-    server.stop()
+    # Not stopped: a daemon thread, it serves until the process ends, so that temporary
+    # state in s3://data/tmp is removed at exit (KMeans' scratch) without waiting on retries.
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +93,13 @@ def test_fit_checkpoint_save_load_from_s3_urls(data, endpoint, tmp_path):
     fitted.save("s3://data/saved.zarr")
     assert_same(load("s3://data/saved.zarr"), reference)
     np.testing.assert_array_equal(fitted.predict(url).compute(), reference.labels_.compute())
-    # labels kept at a URL between passes
+    # labels kept at a URL between passes, or in a scratch location every worker reaches
     store = KMeans(**params(), label_store="s3://data/labels.zarr").fit(url)
     assert_same(store, reference)
+    scratch = KMeans(**params(), label_store="zarr", scratch="s3://data/tmp").fit(url)
+    assert_same(scratch, reference)
+    fs, _ = storage.filesystem("s3://data/tmp")
+    assert [p.rsplit("/", 1)[1][:14] for p in fs.ls("data/tmp")] == ["dkmeans-state-"] * 2
 
 
 def test_storage_options_instead_of_the_environment(data, endpoint, monkeypatch):

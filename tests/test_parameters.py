@@ -32,6 +32,7 @@ BAD = {
     "random_state": ("seed", None),
     "split_every": (2.0, 1),
     "label_store": (3, None),
+    "scratch": (3, None),
     "init_sample_size": (1.5, 0),
     "init_rounds": (2.0, 0),
     "init_oversampling": ("2", float("inf")),
