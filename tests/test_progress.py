@@ -72,7 +72,9 @@ def test_verbose_fit_goes_through_the_dkmeans_logger_when_it_has_a_handler(blobs
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert capsys.readouterr().out == ""
-    lines = [r.getMessage() for r in records]
+    choices = [r.getMessage() for r in records if "memory up to" in r.getMessage()]
+    assert choices[0].startswith("label store: memory")  # "auto" says what it chose
+    lines = [r.getMessage() for r in records if "memory up to" not in r.getMessage()]
     assert [line.split()[1] for line in lines[:-1]] == [
         str(i) for i in range(1, model.n_iter_ + 1)
     ]
