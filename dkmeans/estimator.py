@@ -223,7 +223,8 @@ class KMeans:
         Final centers, in X's dtype (float32 or float64).
     labels_ : dask.array.Array of shape (n_samples,), int32
         Label of each row, consistent with ``cluster_centers_``; backed by
-        the label store, chunked like the rows of X.
+        the label store, chunked like the rows of X (an xarray DataArray
+        along X's row dimension when X was one).
     inertia_ : float
         Sum of (weighted) squared distances of the rows to their centers
         (``metric="cosine"``: of the cosine distances ``1 - cos``).
@@ -245,7 +246,8 @@ class KMeans:
     Notes
     -----
     ``predict``, ``transform`` and ``fit_predict`` return NumPy arrays for
-    in-memory input and lazy dask arrays for dask, Zarr or path input.
+    in-memory input and lazy dask arrays for dask, Zarr or path input; for an
+    xarray DataArray, DataArrays along its row dimension and coordinate.
     """
 
     def __init__(

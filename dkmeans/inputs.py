@@ -156,11 +156,12 @@ def xarray_rows(X: Any) -> Rows | None:
 def _xarray_data(X: Any, name: str) -> Any:
     """The NumPy or dask array inside an xarray DataArray (a Dataset: which variable?)."""
     if not hasattr(X, "data") or isinstance(getattr(X, "dims", None), Mapping):
-        variables = ", ".join(repr(str(v)) for v in getattr(X, "data_vars", {}))
+        names = [str(variable) for variable in getattr(X, "data_vars", {})]
+        example = names[0] if names else "name"
         raise TypeError(
             f"{name}: an xarray {type(X).__name__} holds several variables; pass one "
-            f"DataArray, e.g. {name}=ds[{variables.split(', ')[0] if variables else 'name'}] "
-            f"(variables: {variables or 'none'})"
+            f"DataArray, e.g. {name}=ds[{example!r}] (variables: "
+            f"{', '.join(map(repr, names)) or 'none'})"
         )
     return X.data
 

@@ -79,7 +79,7 @@ def memory_for_state() -> tuple[int, str]:
 
 
 def choose_kind(n_bytes: int, what: str) -> str:
-    """ "memory" or "zarr" for state of ``n_bytes`` (``"auto"``), said in the log."""
+    """Where ``"auto"`` puts state of ``n_bytes``: "memory" or "zarr", said in the log."""
     memory, where = memory_for_state()
     kind = "memory" if n_bytes <= MEMORY_FRACTION * memory else "zarr"
     logger.info(
