@@ -367,6 +367,15 @@ def as_weights(sample_weight: Any, X: da.Array) -> da.Array | None:
     return w.rechunk((X.chunks[0],)) if w.chunks[0] != X.chunks[0] else w
 
 
+def _location(array: zarr.Array) -> str:
+    """Where a zarr.Array lives: its URL for an fsspec store, else zarr's own description."""
+    fs = getattr(array.store, "fs", None)
+    if fs is None:
+        return str(array.store_path)
+    base = fs.unstrip_protocol(array.store.path)
+    return f"{base.rstrip('/')}/{array.path}" if array.path else base
+
+
 def describe_input(source: Any, X: da.Array) -> dict[str, Any]:
     """A JSON-able description of the input of a fit, for its result group."""
     rows = xarray_rows(source)
@@ -375,7 +384,7 @@ def describe_input(source: Any, X: da.Array) -> dict[str, Any]:
     elif isinstance(source, str | os.PathLike):
         kind, where = "zarr", os.fspath(source)
     elif isinstance(source, zarr.Array):
-        kind, where = "zarr", str(source.store_path)
+        kind, where = "zarr", _location(source)
     elif isinstance(source, da.Array):
         kind, where = "dask", None
     else:

@@ -192,6 +192,7 @@ def test_job_file_storage_options(data, endpoint, tmp_path, monkeypatch):
     assert main(["fit", str(path), "-q"]) == 0
     fitted = load("s3://data/job-opts.zarr", storage_options=options)
     assert fitted.n_iter_ == 3
+    assert results.read_attrs("s3://data/job-opts.zarr", options)["input"]["path"] == url
     flag = ["--storage-options", json.dumps(options)]
     assert main(["info", "s3://data/job-opts.zarr", *flag]) == 0
     assert main(["predict", "s3://data/job-opts.zarr", url, "s3://data/p2.zarr", *flag]) == 0
