@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -366,6 +367,15 @@ def dask_defaults(**given: Any) -> dict[str, Any]:
     return cfg
 
 
+def _cluster_class(kind: str, module: str, name: str) -> Any:
+    """A cluster class from a package that is not a dependency, or a JobError saying so."""
+    package = module.split(".")[0].replace("_", "-")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as err:
+        raise JobError(f"dask.scheduler {kind} needs {package} (pip install {package})") from err
+
+
 @contextlib.contextmanager
 def scheduler(cfg: dict[str, Any]) -> Iterator[Any]:
     """Run the body under the Dask scheduler ``cfg`` (a ``dask`` section) asks for.
@@ -389,22 +399,11 @@ def scheduler(cfg: dict[str, Any]) -> Iterator[Any]:
             dashboard_address=cfg["dashboard_address"],
         )
     elif kind == "slurm":
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError as err:
-            raise JobError(
-                "dask.scheduler slurm needs dask-jobqueue (pip install dask-jobqueue)"
-            ) from err
-        cluster_cm = SLURMCluster(**cfg["slurm"])
+        cluster_cm = _cluster_class(kind, "dask_jobqueue", "SLURMCluster")(**cfg["slurm"])
         cluster_cm.scale(jobs=cfg["slurm_jobs"])
     else:  # kubernetes: the Dask operator's KubeCluster (the operator runs in the cluster)
-        try:
-            from dask_kubernetes.operator import KubeCluster
-        except ImportError as err:
-            raise JobError(
-                "dask.scheduler kubernetes needs dask-kubernetes (pip install dask-kubernetes)"
-            ) from err
-        cluster_cm = KubeCluster(**cfg["kubernetes"])
+        cluster_class = _cluster_class(kind, "dask_kubernetes.operator", "KubeCluster")
+        cluster_cm = cluster_class(**cfg["kubernetes"])
         cluster_cm.scale(cfg["kubernetes_workers"])
     with cluster_cm as cluster, Client(cluster) as client:
         logger.info("Dask client: %s", client.scheduler.address)  # the dashboard: see progress

@@ -101,13 +101,20 @@ def _random_state(value, name):
     )
 
 
-def _algorithm(value, name):
-    message = f"{name} must be 'auto', 'lloyd' or 'bounded', got {value!r}"
-    if not isinstance(value, str):
-        raise ParameterTypeError(message)
-    if value not in ALGORITHMS:
-        raise ValueError(message)
-    return value
+def choice_check(choices: tuple[str, ...]) -> Callable[[Any, str], Any]:
+    """Check: one of the strings ``choices``."""
+    quoted = [repr(choice) for choice in choices]
+    allowed = f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+    def check(value, name):
+        message = f"{name} must be {allowed}, got {value!r}"
+        if not isinstance(value, str):
+            raise ParameterTypeError(message)
+        if value not in choices:
+            raise ValueError(message)
+        return value
+
+    return check
 
 
 # "auto" runs plain Lloyd for fits capped below this many iterations: a bounded fit's
@@ -125,15 +132,6 @@ def resolve_algorithm(algorithm: str, max_iter: int) -> str:
     if algorithm == "auto":
         return "lloyd" if max_iter < AUTO_MIN_ITER else "bounded"
     return algorithm
-
-
-def _metric(value, name):
-    message = f"{name} must be 'euclidean' or 'cosine', got {value!r}"
-    if not isinstance(value, str):
-        raise ParameterTypeError(message)
-    if value not in METRICS:
-        raise ValueError(message)
-    return value
 
 
 def _label_store(value, name):
@@ -182,13 +180,13 @@ PARAMETERS: dict[str, Parameter] = {
     "tol": Parameter(1e-4, _non_negative_real, "center-shift tolerance (scikit-learn's meaning)"),
     "algorithm": Parameter(
         "auto",
-        _algorithm,
+        choice_check(ALGORITHMS),
         "'lloyd' (every row every iteration), 'bounded' (the same labels, reading only the "
         "rows that can change) or 'auto' ('bounded', 'lloyd' when max_iter < 20)",
     ),
     "metric": Parameter(
         "euclidean",
-        _metric,
+        choice_check(METRICS),
         "'euclidean' (k-means) or 'cosine' (spherical k-means: rows compared by direction)",
     ),
     "random_state": Parameter(
