@@ -12,9 +12,11 @@ from tests.cluster import real_dask_cluster
 
 WORKERS = 2
 # A worker with numpy, zarr, dask and the compiled kernel loaded holds about
-# 200 MiB before any data; Dask pauses a worker at 80% of its limit.
-WORKER_MEMORY = 512 * 2**20  # bytes, each
-N_SAMPLES, N_FEATURES, CHUNK_ROWS = 51_000_000, 16, 250_000  # 3.04 GiB of float32, 16 MiB chunks
+# 300 MiB before any data (dask.array imports xarray, and with it pandas and
+# scipy, wherever xarray is installed, as it is for the tests); Dask spills
+# stored results at 70% of a worker's limit and pauses it at 80%.
+WORKER_MEMORY = 640 * 2**20  # bytes, each
+N_SAMPLES, N_FEATURES, CHUNK_ROWS = 64_000_000, 16, 250_000  # 3.81 GiB of float32, 16 MiB chunks
 BLOCK_BYTES = CHUNK_ROWS * N_FEATURES * 4
 
 
