@@ -1,6 +1,7 @@
 """Per-iteration speed of two versions of dkmeans, measured in lockstep.
 
     python benchmarks/ab_versions.py OLD_TREE NEW_TREE [--repeats 8] [--shapes 1000000x32x64,...]
+        [--algorithm lloyd]
 
 OLD_TREE and NEW_TREE are checkouts of dkmeans (e.g. ``git worktree add
 /tmp/old <commit>``). Each runs in a worker process of its own (its
@@ -31,7 +32,12 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(1, sys.argv[2])
 from bench_lloyd import blobs
+import inspect
 import dkmeans
+# Plain Lloyd where the tree has a choice: "auto" would run the bounded
+# algorithm on the long fits and not the short ones.
+has_choice = "algorithm" in inspect.signature(dkmeans.KMeans).parameters
+options = {"algorithm": sys.argv[3]} if has_choice else {}
 data = {}
 for line in sys.stdin:
     n, d, k, iters = json.loads(line)
@@ -40,16 +46,16 @@ for line in sys.stdin:
         data[(n, d, k)] = blobs(n, d, k)
     X, init = data[(n, d, k)]
     start = time.perf_counter()
-    model = dkmeans.KMeans(k, init=init, max_iter=iters, tol=0).fit(X)
+    model = dkmeans.KMeans(k, init=init, max_iter=iters, tol=0, **options).fit(X)
     print(json.dumps([time.perf_counter() - start, model.n_iter_, dkmeans.__file__]), flush=True)
 """
 
 
 class Worker:
-    def __init__(self, tree: str):
+    def __init__(self, tree: str, algorithm: str):
         here = os.path.dirname(os.path.abspath(__file__))
         self.process = subprocess.Popen(
-            [sys.executable, "-c", WORKER, tree, here],
+            [sys.executable, "-c", WORKER, tree, here, algorithm],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -111,8 +117,13 @@ def main(argv=None) -> None:
         default="1000000x32x64,1000000x2x8,1000000x128x256",
         help="comma-separated n x d x k",
     )
+    parser.add_argument(
+        "--algorithm",
+        default="lloyd",
+        help="KMeans(algorithm=...) in trees that have the parameter (default: lloyd)",
+    )
     args = parser.parse_args(argv)
-    workers = {"old": Worker(args.old), "new": Worker(args.new)}
+    workers = {"old": Worker(args.old, args.algorithm), "new": Worker(args.new, args.algorithm)}
     try:
         for shape in args.shapes.split(","):
             n, d, k = (int(v) for v in shape.split("x"))

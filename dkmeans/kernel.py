@@ -79,68 +79,82 @@ def _scores_by_row(n_features: int, n_clusters: int) -> bool:
     OpenBLAS computes ``tile @ centers.T`` up to twice as fast as
     ``centers @ tile.T``, but a best-and-second along a row of k scores
     (:func:`_top2_by_row`) costs more per point than down the columns
-    (:func:`_top2_by_column`), which dominates when the product is cheap
-    (few centers and features). Measured per 250k-row block on two CPUs
-    (AMD EPYC Zen 4, 2026-11-24; Intel Xeon Sapphire Rapids, 2026-11-29): e.g.
-    the rows win at d=32, k=64 and d=128, k=256, the columns at d=2, k=8.
+    (:func:`_top2_by_column`), which dominates when there are few centers.
+    Measured per 100k-row block of blobs, labels and bounds as in a Lloyd
+    pass (AMD EPYC Zen 4, 2026-12-05, d = 2..128, k = 8..256): the columns
+    take 0.44-0.80x the rows' time at k = 8 and 16 (1.0 at d = 128), 0.83-0.91x
+    at k = 32 with d <= 16; the rows 0.45-0.9x the columns' at k >= 64.
     Labels do not depend on the choice.
     """
-    return n_clusters <= 256 and (n_clusters >= 16 or n_features >= 32)
+    return n_clusters <= 256 and (n_clusters >= 64 or (n_clusters >= 32 and n_features >= 32))
 
 
 # -- 1. fast path: best and second-best score of each row -------------------------------------
 
 
 @numba.njit(nogil=True, cache=True)
-def _top2_by_column(dots_t, centers_sq, labels, best, second):  # pragma: no cover - compiled
+def _top2_by_column(dots_t, centers_sq, index, best, second):  # pragma: no cover - compiled
     """Each row's best score, its center's index, and the second-best score.
 
     From the (k, rows) dot products ``centers @ tile.T``: the scores
     ``||c||² - 2 x·c`` are formed in the data's dtype and compared strictly
     (no fast-math), ties to the lowest index. The loop runs along rows for
     each center, with selects rather than branches, which the compiler
-    vectorises: several rows are updated per instruction. (Hints as in
-    :func:`_top2_by_row` do not pay here: scattering and gathering the hinted
-    products across the columns cost more than the second best.)
+    vectorises: several rows are updated per instruction. Written this way
+    on purpose (measured, AMD Zen 4): ``index`` is int32, the width of a
+    float32 score (an int8 label array there, or ``min(second[i], ...)``
+    with ``second`` stored after ``best``, made the loop 2-5x slower). (Hints
+    as in :func:`_top2_by_row` do not pay here: scattering and gathering the
+    hinted products across the columns cost more than the second best.)
     """
     k, n = dots_t.shape
     for i in range(n):
         best[i] = centers_sq[0] - (dots_t[0, i] + dots_t[0, i])
         second[i] = np.inf
-        labels[i] = 0
+        index[i] = 0
     for j in range(1, k):
         c_sq = centers_sq[j]
+        label = np.int32(j)
         for i in range(n):
             score = c_sq - (dots_t[j, i] + dots_t[j, i])
             old = best[i]
             nearer = score < old
             runner_up = old if nearer else score
-            second[i] = runner_up if runner_up < second[i] else second[i]
-            best[i] = score if nearer else old
-            labels[i] = j if nearer else labels[i]
+            nearest = score if nearer else old
+            previous_second = second[i]
+            second[i] = min(previous_second, runner_up)
+            best[i] = nearest
+            index[i] = label if nearer else index[i]
 
 
 _MAX_KEY = np.int64(0x7FFFFFFFFFFFFFFF)
+_MAX_KEY32 = np.int32(0x7FFFFFFF)
+
+
+@numba.njit(inline="always")
+def _key32(dots, centers_sq, i, j):  # pragma: no cover - compiled
+    """Row i's float32 score of center j as an int32 of the same order.
+
+    Negative floats have their magnitude bits flipped, so the integers order
+    as the scores; an integer minimum along a row is something the compiler
+    vectorises (a float argmin it does not). Scores are never -0.0
+    (``||c||²`` is never).
+    """
+    score = np.float32(centers_sq[j] - (dots[i, j] + dots[i, j]))
+    bits = score.view(np.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 @numba.njit(inline="always")
 def _key(dots, centers_sq, i, j):  # pragma: no cover - compiled
-    """Row i's float32 score of center j as an int64 key: order-preserving bits, then j.
-
-    Negative floats have their magnitude bits flipped, so keys order as the
-    scores, ties by the lowest index; an integer minimum along a row is
-    something the compiler vectorises (a float argmin it does not). Scores
-    are never -0.0 (``||c||²`` is never).
-    """
-    score = np.float32(centers_sq[j] - (dots[i, j] + dots[i, j]))
-    bits = np.int64(score.view(np.int32))
-    return ((bits ^ ((bits >> 31) & 0x7FFFFFFF)) << 32) | j
+    """A :func:`_key32` in the high half of an int64, j in the low: ties by the lowest index."""
+    return (np.int64(_key32(dots, centers_sq, i, j)) << 32) | j
 
 
 @numba.njit(inline="always")
-def _key_score(key):  # pragma: no cover - compiled
-    """The float32 score in the high half of a :func:`_key`."""
-    high = key >> 32
+def _key_score(key32):  # pragma: no cover - compiled
+    """The float32 score of a :func:`_key32` (or of the high half of a :func:`_key`)."""
+    high = np.int32(key32)
     return np.int32(high ^ ((high >> 31) & 0x7FFFFFFF)).view(np.float32)
 
 
@@ -148,36 +162,41 @@ def _key_score(key):  # pragma: no cover - compiled
 def _top2_by_row(dots, centers_sq, hint, labels, best, second):  # pragma: no cover
     """Each row's best score, its index and the second-best score, from ``tile @ centers.T``.
 
-    The row's ``hint`` (its label in the previous pass) is taken out of one
-    plain minimum over the row (its product set to -inf for that pass, then
-    restored), and compared with it after: when the hint is still the best,
-    as for nearly every row late in a fit, that minimum is the runner-up, at
-    the cost of one minimum. Otherwise (or without a hint) a second pass
-    finds the runner-up of the new best.
+    The row's ``hint`` (its label in the previous pass) is checked first: one
+    minimum of the other centers' :func:`_key32` (half the width of a
+    :func:`_key`, so twice the centers per instruction); if the hint's score
+    is strictly below it, as for nearly every row late in a fit, the hint is
+    the best and that minimum the runner-up. Otherwise (a new best, a tie that
+    the lowest index must decide, no hint, no other score below the largest
+    key) one minimum of the :func:`_key` finds the best and a second the
+    runner-up.
     """
     n, k = dots.shape
     hinted = hint.shape[0] == n
     for i in range(n):
         p = hint[i] if hinted else -1
-        if 0 <= p < k:  # the hint's product as -inf: its score +inf, out of this minimum
-            own = dots[i, p]
-            dots[i, p] = -np.inf
+        if 0 <= p < k:
+            others32 = _MAX_KEY32
+            for j in range(k):
+                key32 = _key32(dots, centers_sq, i, j)
+                others32 = min(others32, key32 if j != p else _MAX_KEY32)
+            own = _key32(dots, centers_sq, i, p)
+            if own < others32 < _MAX_KEY32:
+                labels[i] = p
+                best[i] = _key_score(own)
+                second[i] = _key_score(others32)
+                continue
+        smallest = _MAX_KEY
+        for j in range(k):
+            smallest = min(smallest, _key(dots, centers_sq, i, j))
+        label = smallest & 0xFFFFFFFF
         others = _MAX_KEY
         for j in range(k):
-            others = min(others, _key(dots, centers_sq, i, j))
-        smallest = others
-        if 0 <= p < k:
-            dots[i, p] = own
-            smallest = min(others, _key(dots, centers_sq, i, p))
-        label = smallest & 0xFFFFFFFF
-        if label != p:
-            others = _MAX_KEY
-            for j in range(k):
-                key = _key(dots, centers_sq, i, j)
-                others = min(others, key if j != label else _MAX_KEY)
+            key = _key(dots, centers_sq, i, j)
+            others = min(others, key if j != label else _MAX_KEY)
         labels[i] = label
-        best[i] = _key_score(smallest)
-        second[i] = _key_score(others) if others != _MAX_KEY else np.float32(np.inf)
+        best[i] = _key_score(smallest >> 32)
+        second[i] = _key_score(others >> 32) if others != _MAX_KEY else np.float32(np.inf)
 
 
 # -- 2. certificate; 3. slow path -------------------------------------------------------------
@@ -497,14 +516,15 @@ def _tile_pass(
     tile with :func:`_accumulate`.
     """
     centers64, centers_sq = centers
-    best, second, flagged, pending, expansion, largest, block_bound = work
+    best, second, index, flagged, pending, expansion, largest, block_bound = work
     m = tile.shape[0]
     if centers64.shape[0] == 1:  # one center: every label is 0, certainly
         labels[:] = 0
     elif by_row:
         _top2_by_row(dots, centers_sq, hint, labels, best, second)
     else:
-        _top2_by_column(dots, centers_sq, labels, best, second)
+        _top2_by_column(dots, centers_sq, index, best, second)
+        labels[:] = index[:m]
     if norm_bound < 0.0:
         norm_bound = _norm_bound(tile, largest)
         block_bound[0] = max(block_bound[0], norm_bound)
@@ -589,6 +609,7 @@ class _Tiles:
         self.work = (
             np.empty(self.step, dtype=x.dtype),  # best
             np.empty(self.step, dtype=x.dtype),  # second
+            np.empty(self.step, dtype=np.int32),  # each row's best center (column scores)
             np.zeros(self.step, dtype=np.bool_),  # flagged
             np.zeros(self.step, dtype=np.bool_),  # pending
             np.empty(12 * d + 4),  # expansion
@@ -645,7 +666,7 @@ class _Tiles:
                         tile, labels[start:stop], tile_hint, tile_weights
                     )
                 if bounds is not None:
-                    best, second, flagged = self.work[:3]
+                    best, second, _, flagged = self.work[:4]
                     _row_bounds(
                         tile,
                         labels[start:stop],
@@ -653,17 +674,17 @@ class _Tiles:
                         best[:m],
                         second[:m],
                         flagged[:m],
-                        self.work[6][1],
+                        self.work[7][1],
                         bounds[0][start:stop],
                         bounds[1][start:stop],
                     )
                 slow += tile_slow
                 changed += tile_changed
-        used = float(self.work[6][0]) if norm_bound is None else norm_bound
+        used = float(self.work[7][0]) if norm_bound is None else norm_bound
         return slow, changed, used
 
     def _decide_in_python(self, tile, labels, hint, weights) -> int:
-        pending = self.work[3]
+        pending = self.work[4]
         rows = np.flatnonzero(pending[: len(tile)])
         exact.nearest_in_python(tile, self.centers, rows, labels)
         pending[rows] = False
