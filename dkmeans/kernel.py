@@ -79,14 +79,17 @@ def _scores_by_row(n_features: int, n_clusters: int) -> bool:
     OpenBLAS computes ``tile @ centers.T`` up to twice as fast as
     ``centers @ tile.T``, but a best-and-second along a row of k scores
     (:func:`_top2_by_row`) costs more per point than down the columns
-    (:func:`_top2_by_column`), which dominates when there are few centers.
-    Measured per 100k-row block of blobs, labels and bounds as in a Lloyd
-    pass (AMD EPYC Zen 4, 2026-12-05, d = 2..128, k = 8..256): the columns
-    take 0.44-0.80x the rows' time at k = 8 and 16 (1.0 at d = 128), 0.83-0.91x
-    at k = 32 with d <= 16; the rows 0.45-0.9x the columns' at k >= 64.
+    (:func:`_top2_by_column`), which dominates when the product is cheap
+    (few centers and features). Measured per 250k-row block on two CPUs
+    (AMD EPYC Zen 4, 2026-11-24; Intel Xeon Sapphire Rapids, 2026-11-29): e.g.
+    the rows win at d=32, k=64 and d=128, k=256, the columns at d=2, k=8.
+    Measured again on the first (2026-12-05, 100k-row blocks, one BLAS thread
+    as in a pass, d = 2..128, k = 8..256) after the column loop became 2-5x
+    faster: the columns take 0.79-0.98x the rows' time at k=8 up to d=16,
+    1.0-1.2x at k=8 from d=32 and at k=16, 1.1-2.2x beyond; this rule.
     Labels do not depend on the choice.
     """
-    return n_clusters <= 256 and (n_clusters >= 64 or (n_clusters >= 32 and n_features >= 32))
+    return n_clusters <= 256 and (n_clusters >= 16 or n_features >= 32)
 
 
 # -- 1. fast path: best and second-best score of each row -------------------------------------
