@@ -52,6 +52,20 @@ the rest refreshed by full passes. The labels stay in the label store
 (1-4 bytes a row); active labels are written back to it (in place, a pass
 over the labels only) before every full pass and at the end.
 
+**Settling.** Early in a fit many labels change (each that changes makes
+about 20 rows fail Hamerly's test) and the bounds do not last: an active pass
+would assign most of its rows again, at more than a plain pass's cost. So
+while every pass so far has changed at least :data:`SETTLED_CHANGES` of the
+labels and the active store holds every row (the margin planned at the
+second pass is usually infinite), a run makes **settling passes**: its active
+rows assigned and summed exactly as a Lloyd pass would (the same kernel, rows
+and order: plain Lloyd's totals), reading no X and leaving the bounds stale
+(:func:`settling_block`). The first pass after them assigns every row and
+bounds it afresh, with its slacks' histogram, and a full pass then plans the
+margin from them (``RunPlan.replan``): the store keeps only the rows near a
+boundary from there on. The schedule depends on the labels changed, so on
+the data and centers only, not on where X is stored.
+
 **The margin.** M is chosen before each full pass (:func:`choose_margin`)
 from the previous full pass's histogram of slacks (by binary exponent), the
 centers' last step δ and how fast the steps shrink: a set of margin M lasts
@@ -110,6 +124,7 @@ class ActiveRows:
     labels: np.ndarray  # (m,) label dtype
     upper: np.ndarray  # (m,) >= distance to own center (the centers last assigned to)
     lower: np.ndarray  # (m,) <= distance to every other center
+    stale: bool = False  # labels newer than the bounds (a settling pass): assign every row
 
 
 @dataclass
@@ -140,8 +155,13 @@ class Moves:
     changed: int
     assigned: int  # rows assigned exactly (the others kept their label by their bounds)
     members: np.ndarray  # (k,) int64: change of the rows of positive weight in each cluster
+    # The rows' slacks (as Split.histogram), where every row was bounded afresh (stale bounds)
+    histogram: np.ndarray | None = None
 
     def merge(self, other: Moves) -> Moves:
+        histogram = None
+        if self.histogram is not None and other.histogram is not None:
+            histogram = self.histogram + other.histogram
         return Moves(
             self.sums + other.sums,
             self.weights + other.weights,
@@ -149,6 +169,7 @@ class Moves:
             self.changed + other.changed,
             self.assigned + other.assigned,
             self.members + other.members,
+            histogram,
         )
 
 
@@ -195,6 +216,7 @@ class RunPlan:
     histogram: np.ndarray | None = None  # slacks at the last full pass
     last_centers: np.ndarray | None = None  # the centers of the latest pass
     patch: bool = False  # active labels not yet written to the label store
+    replan: bool = False  # the run has settled: a full pass next, its margin planned afresh
     margin_decided: bool = False  # is the state's next_margin that of the coming full pass?
 
 
@@ -224,6 +246,10 @@ class MarginInputs:
     n_rows: int
     max_rows: int  # most active rows the store may hold
 
+
+# A run whose active store holds every row makes settling passes, not active ones,
+# until a pass changes fewer than this share of the labels (see _settling); 0: never.
+SETTLED_CHANGES = 0.005
 
 # Cost of an active row, relative to a row of a full pass (read and assigned).
 ACTIVE_ROW_COST = 0.5
@@ -375,14 +401,15 @@ def reassign(
     compact tile. Returns the rows with their new labels and bounds, and the
     changes of the totals (at the reference centers) that the moves make.
     """
-    labels, upper, lower = active.labels, active.upper.copy(), active.lower.copy()
+    labels = active.labels
     k, d = centers.values.shape
-    suspects = np.empty(len(labels), dtype=np.int64)
-    count = kernel.hamerly_filter(
-        active.x, labels, upper, lower, step, _largest_other(step), centers.values64, suspects
-    )
-    suspects = suspects[:count]
-    new_labels = labels
+    new_labels, upper, lower = labels, active.upper.copy(), active.lower.copy()
+    suspects, count = np.arange(len(labels)), len(labels)
+    if not active.stale:
+        count = kernel.hamerly_filter(
+            active.x, labels, upper, lower, step, _largest_other(step), centers.values64, suspects
+        )
+        suspects = suspects[:count]
     sums, weights, objective, changed = np.zeros((k, d)), np.zeros(k), 0.0, 0
     members = np.zeros(k, dtype=np.int64)
     if count > len(labels) // 2:  # most rows: assign them all, without gathering
@@ -401,13 +428,70 @@ def reassign(
         objective = kernel.moved_totals(
             active.x, active.weights, moved, labels, new_labels, reference64, sums, weights
         )
-        if len(active.weights):
-            moved = moved[active.weights[moved] > 0]
-        members = np.bincount(new_labels[moved], minlength=k) - np.bincount(
-            labels[moved], minlength=k
+        members = _moved_members(active.weights, moved, labels, new_labels, k)
+    histogram = None
+    if active.stale:  # every row bounded afresh: the slacks, to plan the next margin by
+        histogram = np.zeros(kernel.SLACK_BINS, dtype=np.int64)
+        n = len(labels)
+        kernel.slack_summary(
+            new_labels,
+            upper,
+            lower,
+            active.weights,
+            -np.inf,
+            np.empty(n),
+            np.full(k, np.inf),
+            histogram,
+            np.zeros(k, dtype=np.int64),
         )
     new = ActiveRows(active.rows, active.x, active.weights, new_labels, upper, lower)
-    return new, Moves(sums, weights, objective, changed, len(suspects), members)
+    moves = Moves(sums, weights, objective, changed, len(suspects), members, histogram)
+    return new, moves
+
+
+def _moved_members(weights, moved, old, new, k):
+    """Change of each cluster's count of rows of positive weight, from the rows that moved."""
+    if len(weights):
+        moved = moved[weights[moved] > 0]
+    return np.bincount(new[moved], minlength=k) - np.bincount(old[moved], minlength=k)
+
+
+def settling_block(
+    block: Block,
+    _rows: np.ndarray,
+    *,
+    states: list[BlockState],
+    centers: list[kernel.Centers],
+    norm_bound: float | None,
+) -> list[tuple[ChunkStats, np.ndarray]]:
+    """A settling pass's block: each run's active rows, every row of the block, as a Lloyd pass.
+
+    The rows' labels and statistics are computed as :func:`dkmeans.lloyd.lloyd_block`
+    computes them from the block (the same kernel, rows, order and weights),
+    without reading X; their bounds are left stale. Returns each run's
+    statistics and the change of its clusters' counts of rows of positive weight.
+    """
+    results = []
+    for run, active_state in enumerate(states):
+        active = active_state.read().item()
+        block_stats, labels = kernel.block_stats(
+            active.x,
+            centers[run],
+            prev_labels=active.labels,
+            weights=active.weights if len(active.weights) else None,
+            row_offset=block.start,
+            label_dtype=active.labels.dtype,
+            norm_bound=norm_bound,
+        )
+        moved = np.flatnonzero(labels != active.labels)
+        k = len(centers[run].values)
+        members = _moved_members(active.weights, moved, active.labels, labels, k)
+        new = ActiveRows(
+            active.rows, active.x, active.weights, labels, active.upper, active.lower, stale=True
+        )
+        active_state.write(passes.as_element(new))
+        results.append((block_stats, members))
+    return results
 
 
 def patch_block(block: Block, _rows: np.ndarray, *, states: list[BlockState]) -> None:
@@ -423,6 +507,10 @@ def patch_block(block: Block, _rows: np.ndarray, *, states: list[BlockState]) ->
 
 def _combine_full(parts: list, n_farthest: int) -> tuple[ChunkStats, Split]:
     return stats.combine([p[0] for p in parts], n_farthest), _merge([p[1] for p in parts])
+
+
+def _combine_settling(parts: list, n_farthest: int) -> tuple[ChunkStats, np.ndarray]:
+    return stats.combine([p[0] for p in parts], n_farthest), sum(p[1] for p in parts)
 
 
 def _merge(parts: list):
@@ -553,6 +641,7 @@ class BoundedRuns:
             )
             plan.histogram, plan.last_centers = split.histogram, centers
             plan.margin_decided, states[run].next_margin = False, None
+            plan.replan = False
             states[run].label_writes = self.label_stores[run].passes
             totals.append((run_totals, {"pass": FULL, "rows_read": n, "rows_assigned": n}))
         return totals
@@ -589,6 +678,8 @@ class BoundedRuns:
             reference.objective += moves.objective
             centers = states[run].centers
             plan.last_centers, plan.patch = centers, True
+            if moves.histogram is not None:  # the first active pass after settling
+                plan.histogram, plan.replan = moves.histogram, True
             run_totals = ChunkStats(
                 sums=reference.sums,
                 weights=reference.weights,
@@ -603,6 +694,39 @@ class BoundedRuns:
                 "rows_read": reference.n_active,
                 "rows_assigned": moves.assigned,
             }
+            totals.append((run_totals, record))
+        return totals
+
+    def settling(self, runs: list[int], states: list[LloydState]) -> list:
+        """A settling pass for ``runs`` (every row active): each run's totals, a Lloyd pass's."""
+        X, n = self.X, self.X.shape[0]
+        results = passes.map_reduce(
+            settling_block,
+            [self.row_blocks()],
+            combine=passes.per_run(
+                [partial(_combine_settling, n_farthest=len(states[run].centers)) for run in runs]
+            ),
+            split_every=self.split_every,
+            states=[self.active_stores[run] for run in runs],
+            retries=self.retries,
+            centers=[kernel.prepare(states[run].centers, X.dtype) for run in runs],
+            norm_bound=self.norm_bound,
+        )
+        totals = []
+        for run, (run_totals, members) in zip(runs, results, strict=True):
+            plan, centers = self.plans[run], states[run].centers
+            before = plan.reference
+            plan.reference = Reference(
+                centers=centers.astype(np.float64),
+                sums=run_totals.sums,
+                weights=run_totals.weights,
+                objective=run_totals.objective,
+                least_slack=before.least_slack,
+                n_active=before.n_active,
+                members=before.members + members,
+            )
+            plan.last_centers, plan.patch = centers, True
+            record = {"pass": ACTIVE, "rows_read": n, "rows_assigned": n}
             totals.append((run_totals, record))
         return totals
 
@@ -659,6 +783,7 @@ def bounded_runs(
         margin_rule=margin_rule,
     )
     everyone = list(range(len(states)))
+    n_rows = X.shape[0]
     while running := [run for run, state in enumerate(states) if state.inertia is None]:
         start = time.perf_counter()
         full = [run for run in running if not _can_skip(loop.plans[run], states[run])]
@@ -670,6 +795,10 @@ def bounded_runs(
                 on_pass(states)
         found: dict[int, tuple] = {}
         active = [run for run in running if run not in full]
+        settling = [run for run in active if _settling(loop.plans[run], states[run], n_rows)]
+        if settling:
+            found.update(zip(settling, loop.settling(settling, states), strict=True))
+        active = [run for run in active if run not in settling]
         if active:
             for run, result in zip(active, loop.active(active, states), strict=True):
                 if result is None:
@@ -708,12 +837,28 @@ def _let_go(loop: BoundedRuns, runs: list[int], states: list[LloydState]) -> Non
         states[run].label_writes = loop.label_stores[run].passes
 
 
-def _can_skip(plan: RunPlan, state: LloydState) -> bool:
-    """Can the run's next pass be an active one? (Nothing frozen can change label.)
+def _settling(plan: RunPlan, state: LloydState, n_rows: int) -> bool:
+    """Is the run's next pass (not a full one) a settling pass? (See the module docstring.)
 
-    Not asked is whether it pays: early in a fit most active rows may need an
-    exact assignment, but a full pass instead was measured no faster in
-    memory (on 2M x 16 blobs: 1.70-1.83 s against 1.74 s) and out of core it
-    reads X again (3.4-3.8 s against 2.1 s).
+    While every pass so far has changed at least :data:`SETTLED_CHANGES` of
+    the labels, and the active store holds every row: a function of the
+    history and the split, the same on every scheduler and after a resume.
     """
-    return plan.reference is not None and plan.reference.still_frozen(state.centers)
+    threshold = SETTLED_CHANGES * n_rows
+    return (
+        plan.reference.n_active == n_rows
+        and threshold > 0
+        and all(record["labels_changed"] >= threshold for record in state.history)
+    )
+
+
+def _can_skip(plan: RunPlan, state: LloydState) -> bool:
+    """Can the run's next pass be an active (or settling) one? (Nothing frozen can change.)
+
+    Not when the run has just settled (``replan``: a full pass plans the
+    margin from the slacks of that moment). Not asked is whether an active
+    pass pays: early in a fit that is what settling passes are for.
+    """
+    if plan.reference is None or plan.replan:
+        return False
+    return plan.reference.still_frozen(state.centers)

@@ -81,13 +81,22 @@ MARGIN_RULES = {
 }
 
 
-def run_both(X, init, *, weights=None, margin="planned", max_active=None, **params):
-    """The same runs with plain and bounded Lloyd: (results, final labels) of each."""
+def run_both(X, init, *, weights=None, margin="planned", max_active=None, settle=False, **params):
+    """The same runs with plain and bounded Lloyd: (results, final labels) of each.
+
+    ``settle``: runs make settling passes first, as by default
+    (``bounded.SETTLED_CHANGES``); off by default here, so that Hamerly's
+    test and the margins run from the second pass on.
+    """
     out = {}
     for algorithm in ("lloyd", "bounded"):
         stores = make_stores("memory", X.chunks[0], label_dtype(len(init[0])), len(init))
         fraction = bounded.MAX_ACTIVE_FRACTION if max_active is None else max_active
-        with mock.patch.object(bounded, "MAX_ACTIVE_FRACTION", fraction):
+        settled = bounded.SETTLED_CHANGES if settle else 0.0
+        with (
+            mock.patch.object(bounded, "MAX_ACTIVE_FRACTION", fraction),
+            mock.patch.object(bounded, "SETTLED_CHANGES", settled),
+        ):
             runs = lloyd.lloyd_runs(
                 X,
                 init,
@@ -148,8 +157,9 @@ def problems(draw):
     st.sampled_from(sorted(MARGIN_RULES)),
     st.integers(1, 80),
     st.sampled_from([0.0, 1e-4]),
+    st.booleans(),
 )
-def test_bounded_has_plain_lloyds_iterations(problem, margin, max_iter, tol):
+def test_bounded_has_plain_lloyds_iterations(problem, margin, max_iter, tol, settle):
     X, chunk, weights, init = problem
     if tol == 0 and weights is not None:
         # With tol=0 plain Lloyd also stops where a step moves no center at all, which
@@ -160,7 +170,14 @@ def test_bounded_has_plain_lloyds_iterations(problem, margin, max_iter, tol):
     dw = None if weights is None else da.from_array(weights, chunks=chunk)
     max_active = 1.0 if margin == "every row" else None
     plain, fast = run_both(
-        dX, init, weights=dw, margin=margin, max_active=max_active, max_iter=max_iter, tol=tol
+        dX,
+        init,
+        weights=dw,
+        margin=margin,
+        max_active=max_active,
+        settle=settle,
+        max_iter=max_iter,
+        tol=tol,
     )
     assert_same_iterations(plain, fast, X.dtype)
 
@@ -276,6 +293,32 @@ def test_in_process_graph_and_zarr_labels_give_bitwise_the_same_fit(overlapping,
     plain = KMeans(**PARAMS, algorithm="lloyd").fit(overlapping)
     np.testing.assert_array_equal(plain.labels_.compute(), in_process.labels_.compute())
     np.testing.assert_allclose(plain.cluster_centers_, in_process.cluster_centers_, rtol=1e-12)
+
+
+def test_a_run_settles_before_hamerlys_test(overlapping, zarr_data):
+    """While many labels change, a run whose store holds every row makes settling passes.
+
+    They assign every stored row, as plain Lloyd does, reading no X; the first
+    pass that changes fewer than ``SETTLED_CHANGES`` of the labels ends them: the
+    next pass bounds every row afresh, a full pass plans the margin, and
+    Hamerly's test takes over. The same schedule, bitwise the same fit, for a
+    NumPy array and a Zarr array.
+    """
+    params = {**PARAMS, "n_init": 1, "max_iter": 300, "init": overlapping[::2_000][:9]}
+    in_memory = da.from_array(overlapping, chunks=(3_000, -1))  # the Zarr array's chunks
+    plain = KMeans(**params, algorithm="lloyd").fit(in_memory)
+    model = KMeans(**params, algorithm="bounded").fit(in_memory)
+    _same_fit(KMeans(**params, algorithm="bounded").fit(zarr_data), model)
+    np.testing.assert_array_equal(model.labels_.compute(), plain.labels_.compute())
+    history, n = model.history_, len(overlapping)
+    assert [r["labels_changed"] for r in history] == [r["labels_changed"] for r in plain.history_]
+    calm = next(i for i, r in enumerate(history) if r["labels_changed"] < 0.005 * n)
+    assert calm > 3  # the test's point: a fit that takes a while to settle
+    assert [r["pass"] for r in history[:2]] == ["full", "full"]  # the second: every row active
+    assert all(r["pass"] == "active" and r["rows_assigned"] == n for r in history[2 : calm + 2])
+    assert history[calm + 2]["pass"] == "full"
+    late = history[calm + 3 :]
+    assert late and sum(r["rows_assigned"] for r in late) < 0.2 * n * len(late)
 
 
 @pytest.mark.distributed
