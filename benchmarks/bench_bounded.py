@@ -2,6 +2,7 @@
 
     python benchmarks/bench_bounded.py                 # cases a, b, c; 3 repeats
     python benchmarks/bench_bounded.py --cases d --repeats 1 --max-iter 100
+    python benchmarks/bench_bounded.py --defaults     # "auto" vs "lloyd", default parameters
 
 Every fit starts from the same initial centers (k rows drawn with one seed)
 with ``tol=0``, so it runs to the fixed point (or ``--max-iter``). Out of
@@ -13,7 +14,8 @@ ratios bounded / lloyd; in memory (NumPy X, cases a-c) also scikit-learn's
 lloyd and elkan from the same centers, and bounded / the better of them.
 Times are medians of ``--repeats`` runs in this one process (the machine is
 shared and noisy: compare ratios, not seconds). Peak memory is tracemalloc's
-peak during a fit (NumPy and Python allocations of this process).
+peak during one more fit, untimed (NumPy and Python allocations of this process;
+tracing every allocation made our fits 10-30% slower).
 
 Cases (the bounded-Lloyd issue's):
   a  2M x 16 overlapping blobs (cluster_std=6), k=16
@@ -89,13 +91,18 @@ def counted_array(path: str, log: str) -> zarr.Array:
     return zarr.open_array(store=store, mode="r")
 
 
-def fit_ours(X, init, algorithm: str, max_iter: int) -> tuple[float, KMeans, int]:
-    tracemalloc.start()
+def fit_ours(X, init, algorithm: str, max_iter: int, trace: bool = False) -> tuple:
+    """(seconds, model, peak bytes or None); ``trace``: with tracemalloc, which slows every
+    allocation (10-30% more time in memory), so timed fits run without it."""
+    if trace:
+        tracemalloc.start()
     start = time.perf_counter()
     model = KMeans(len(init), init=init, tol=0, max_iter=max_iter, algorithm=algorithm).fit(X)
     seconds = time.perf_counter() - start
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    peak = None
+    if trace:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
     return seconds, model, peak
 
 
@@ -123,14 +130,16 @@ def out_of_core(path, init, args, workdir) -> dict:
     n = zarr.open_array(path, mode="r").shape[0]
     for algorithm in ("lloyd", "bounded"):
         times, read, peak = [], None, None
-        for repeat in range(args.repeats):
+        for repeat in range(args.repeats + 1):  # the last for the peak, untimed
             log = os.path.join(workdir, f"reads-{algorithm}-{repeat}.log")
             if os.path.exists(log):
                 os.remove(log)
+            traced = repeat == args.repeats
             seconds, model, peak = fit_ours(
-                counted_array(path, log), init, algorithm, args.max_iter
+                counted_array(path, log), init, algorithm, args.max_iter, trace=traced
             )
-            times.append(seconds)
+            if not traced:
+                times.append(seconds)
             read = bytes_logged(log)
         rows[algorithm] = {
             **describe(model, n),
@@ -151,7 +160,7 @@ def in_memory(path, init, args) -> dict:
         rows[algorithm] = {
             **describe(model, len(X)),
             "seconds": statistics.median(r[0] for r in runs),
-            "peak": runs[-1][2],
+            "peak": fit_ours(X, init, algorithm, args.max_iter, trace=True)[2],
         }
     if not args.no_sklearn:
         for algorithm in ("lloyd", "elkan"):
@@ -161,6 +170,26 @@ def in_memory(path, init, args) -> dict:
                 "iters": runs[-1][1],
             }
     return rows
+
+
+def with_defaults(path: str, k: int, args) -> None:
+    """``"auto"`` vs ``"lloyd"`` with every other parameter at its default (k-means||,
+    ``tol=1e-4``, ``random_state=0``): in memory and out of core, init included."""
+    X = zarr.open_array(path, mode="r")[:]
+    for where, data in (("in memory", lambda: X), ("out of core", lambda: path)):
+        seconds, iters = {}, {}
+        for algorithm in ("lloyd", "auto"):
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                model = KMeans(k, algorithm=algorithm, random_state=0).fit(data())
+                times.append(time.perf_counter() - start)
+            seconds[algorithm], iters[algorithm] = statistics.median(times), model.n_iter_
+        print(
+            f"  defaults, {where}: lloyd {seconds['lloyd']:.2f} s ({iters['lloyd']} iters), "
+            f"auto {seconds['auto']:.2f} s ({iters['auto']} iters): "
+            f"auto / lloyd {seconds['auto'] / seconds['lloyd']:.3f}"
+        )
 
 
 def print_out_of_core(case, name, rows, x_bytes):
@@ -207,6 +236,11 @@ def main(argv=None) -> None:
     parser.add_argument("--max-iter", type=int, default=300)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dkmeans-bench"))
     parser.add_argument("--no-sklearn", action="store_true")
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help='only "auto" vs "lloyd" with the default parameters (short fits, tol=1e-4)',
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     for case in args.cases:
@@ -215,6 +249,10 @@ def main(argv=None) -> None:
         x_bytes = sum(
             os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs
         )
+        if args.defaults:
+            print(f"case {case}: {name}")
+            with_defaults(path, k, args)
+            continue
         if case == "d":
             from distributed import Client, LocalCluster
 
