@@ -301,8 +301,8 @@ def test_a_run_settles_before_hamerlys_test(overlapping, zarr_data):
     They assign every stored row, as plain Lloyd does, reading no X; the first
     pass that changes fewer than ``SETTLED_CHANGES`` of the labels ends them: the
     next pass bounds every row afresh, a full pass plans the margin, and
-    Hamerly's test takes over. The same schedule, bitwise the same fit, for a
-    NumPy array and a Zarr array.
+    Hamerly's test takes over. The same schedule, bitwise the same fit, for an
+    in-memory array and a Zarr array of the same values and chunks.
     """
     params = {**PARAMS, "n_init": 1, "max_iter": 300, "init": overlapping[::2_000][:9]}
     in_memory = da.from_array(overlapping, chunks=(3_000, -1))  # the Zarr array's chunks
@@ -312,7 +312,8 @@ def test_a_run_settles_before_hamerlys_test(overlapping, zarr_data):
     np.testing.assert_array_equal(model.labels_.compute(), plain.labels_.compute())
     history, n = model.history_, len(overlapping)
     assert [r["labels_changed"] for r in history] == [r["labels_changed"] for r in plain.history_]
-    calm = next(i for i, r in enumerate(history) if r["labels_changed"] < 0.005 * n)
+    threshold = bounded.SETTLED_CHANGES * n
+    calm = next(i for i, r in enumerate(history) if r["labels_changed"] < threshold)
     assert calm > 3  # the test's point: a fit that takes a while to settle
     assert [r["pass"] for r in history[:2]] == ["full", "full"]  # the second: every row active
     assert all(r["pass"] == "active" and r["rows_assigned"] == n for r in history[2 : calm + 2])
