@@ -193,6 +193,19 @@ class Reference:
     # the weights' running totals.
     members: np.ndarray
 
+    @classmethod
+    def of_pass(cls, centers, totals: ChunkStats, least_slack, n_active, members) -> Reference:
+        """The reference of a pass that summed every row at ``centers`` (full or settling)."""
+        return cls(
+            centers=centers.astype(np.float64),
+            sums=totals.sums,
+            weights=totals.weights,
+            objective=totals.objective,
+            least_slack=least_slack,
+            n_active=n_active,
+            members=members,
+        )
+
     def still_frozen(self, centers: np.ndarray) -> bool:
         """Can no frozen row change label at ``centers``? (drift_a + max other drift < slack)."""
         drift = center_steps(self.centers, centers)
@@ -630,14 +643,8 @@ class BoundedRuns:
         totals = []
         for run, (run_totals, split) in zip(runs, results, strict=True):
             plan, centers = self.plans[run], states[run].centers
-            plan.reference = Reference(
-                centers=centers.astype(np.float64),
-                sums=run_totals.sums,
-                weights=run_totals.weights,
-                objective=run_totals.objective,
-                least_slack=split.least_slack,
-                n_active=split.n_active,
-                members=split.members,
+            plan.reference = Reference.of_pass(
+                centers, run_totals, split.least_slack, split.n_active, split.members
             )
             plan.histogram, plan.last_centers = split.histogram, centers
             plan.margin_decided, states[run].next_margin = False, None
@@ -716,14 +723,8 @@ class BoundedRuns:
         for run, (run_totals, members) in zip(runs, results, strict=True):
             plan, centers = self.plans[run], states[run].centers
             before = plan.reference
-            plan.reference = Reference(
-                centers=centers.astype(np.float64),
-                sums=run_totals.sums,
-                weights=run_totals.weights,
-                objective=run_totals.objective,
-                least_slack=before.least_slack,
-                n_active=before.n_active,
-                members=before.members + members,
+            plan.reference = Reference.of_pass(
+                centers, run_totals, before.least_slack, before.n_active, before.members + members
             )
             plan.last_centers, plan.patch = centers, True
             record = {"pass": ACTIVE, "rows_read": n, "rows_assigned": n}
