@@ -370,10 +370,19 @@ class Interrupted(BaseException):
     """Stands for a kill."""
 
 
-@mock.patch.object(bounded, "MAX_ACTIVE_FRACTION", 0.2)  # a few refreshes: points to save at
-def test_a_killed_bounded_fit_resumes_to_the_same_result(zarr_data, tmp_path, monkeypatch):
+# 0.2: a few refreshes, points to save at; 1.0: every row stored, settling passes first
+@pytest.mark.parametrize("max_active", [0.2, 1.0])
+def test_a_killed_bounded_fit_resumes_to_the_same_result(
+    zarr_data, tmp_path, monkeypatch, max_active
+):
+    monkeypatch.setattr(bounded, "MAX_ACTIVE_FRACTION", max_active)
     params = {**PARAMS, "n_init": 1}
     reference_fit = KMeans(**params).fit(zarr_data)
+    n = len(reference_fit.labels_)
+    settling = [
+        r for r in reference_fit.history_ if (r["pass"], r["rows_assigned"]) == ("active", n)
+    ]
+    assert bool(settling) == (max_active == 1.0)
     original = checkpoint.Checkpoint.save
     saved_at = []
 
@@ -383,7 +392,7 @@ def test_a_killed_bounded_fit_resumes_to_the_same_result(zarr_data, tmp_path, mo
 
     monkeypatch.setattr(checkpoint.Checkpoint, "save", counting)
     _same_fit(KMeans(**params).fit(zarr_data, checkpoint=tmp_path / "all.zarr"), reference_fit)
-    monkeypatch.undo()
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", original)
     # Saved at the start, before every full pass after the first, and at the end.
     full = [r["iteration"] - 1 for r in reference_fit.history_ if r["pass"] == "full"]
     assert saved_at[1:-1] == full[1:] and len(full) > 2
@@ -400,7 +409,7 @@ def test_a_killed_bounded_fit_resumes_to_the_same_result(zarr_data, tmp_path, mo
         monkeypatch.setattr(checkpoint.Checkpoint, "save", interrupted)
         with pytest.raises(Interrupted):
             KMeans(**params).fit(zarr_data, checkpoint=out)
-        monkeypatch.undo()
+        monkeypatch.setattr(checkpoint.Checkpoint, "save", original)
         assert results.status(out) == "checkpoint"
         resumed = KMeans(**{**params, "random_state": 99}).fit(
             zarr_data, checkpoint=out, resume=True
