@@ -88,6 +88,7 @@ that pass will use; continuing repeats that pass and everything after it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -96,11 +97,12 @@ from functools import partial
 
 import dask.array as da
 import numpy as np
+from dask.utils import format_bytes
 
 from dkmeans import inputs, kernel, lloyd, passes, stats
 from dkmeans.lloyd import LloydState
 from dkmeans.passes import Block
-from dkmeans.state import BlockState, InPlace, MemoryStore, RowStore
+from dkmeans.state import BlockState, InPlace, MemoryStore, RowStore, memory_for_state
 from dkmeans.stats import ChunkStats, Farthest
 
 # The active rows of all runs take at most this many bytes (and at most this
@@ -109,9 +111,19 @@ from dkmeans.stats import ChunkStats, Farthest
 # must not depend on the cluster a fit runs on.
 ACTIVE_MEMORY_BYTES = 2**29
 MAX_ACTIVE_FRACTION = 1.0
+# "auto" runs plain Lloyd for fits capped below this many iterations: a bounded fit's
+# full passes also bound every row's distances (about a third more work in memory), and
+# a fit this short has too few iterations left after them for active passes to repay it.
+AUTO_MIN_ITER = 20
+# ... and where the active rows could take more than this fraction of the memory they
+# would live in (:func:`dkmeans.state.memory_for_state`): a worker short of memory pauses,
+# and its active passes then cost more than plain ones (notebook 01, 4.3M x 32 float32 on
+# one 512 MiB worker: "bounded" 87.5 s, "lloyd" 49.6 s, 2026-12-05).
+AUTO_MEMORY_FRACTION = 0.25
 _U64 = 2.0**-53
 FULL = "full"
 ACTIVE = "active"
+logger = logging.getLogger("dkmeans")
 
 
 @dataclass
@@ -295,6 +307,46 @@ def choose_margin(inputs: MarginInputs) -> float | None:
     cost[rows > inputs.max_rows] = np.inf
     best = int(np.argmin(cost))  # the smallest margin of least cost
     return float(margins[best]) if cost[best] < 0.9 * n_rows else None
+
+
+def row_bytes(X: da.Array) -> int:
+    """Bytes an active row of X takes: its values, position, weight, label and two bounds."""
+    return X.shape[1] * X.dtype.itemsize + 32
+
+
+def active_bytes(X: da.Array, runs_per_fit: int, fits: int = 1) -> int:
+    """The most bytes the active rows of ``fits`` fits of ``runs_per_fit`` runs each hold."""
+    rows = MAX_ACTIVE_FRACTION * runs_per_fit * X.shape[0]
+    return fits * min(ACTIVE_MEMORY_BYTES, int(rows * row_bytes(X)))
+
+
+def choose_algorithm(
+    algorithm: str, max_iter: int, X: da.Array, runs_per_fit: int, fits: int = 1
+) -> str:
+    """The algorithm a fit runs: "auto" is "bounded" unless a rule says it will not pay.
+
+    "lloyd" where ``max_iter < AUTO_MIN_ITER``, or where the active rows
+    (:func:`active_bytes`) could take more than ``AUTO_MEMORY_FRACTION`` of
+    the memory they would live in: the workers' memory limits together under
+    dask.distributed, else this machine's memory (the log says which). Where
+    it runs, the bounded algorithm decides by itself which passes pay.
+    """
+    if algorithm != "auto":
+        return algorithm
+    if max_iter < AUTO_MIN_ITER:
+        return "lloyd"
+    memory, where = memory_for_state()
+    needed = active_bytes(X, runs_per_fit, fits)
+    chosen = "bounded" if needed <= AUTO_MEMORY_FRACTION * memory else "lloyd"
+    logger.info(
+        "algorithm 'auto': %r (active rows up to %s; %d%% of %s, %s)",
+        chosen,
+        format_bytes(needed),
+        round(100 * AUTO_MEMORY_FRACTION),
+        where,
+        format_bytes(memory),
+    )
+    return chosen
 
 
 # -- the tasks --------------------------------------------------------------------------------
@@ -768,9 +820,8 @@ def bounded_runs(
     do not depend on how many fits run beside it (a sweep over k); a run's
     active rows are let go as soon as it stops.
     """
-    row_bytes = X.shape[1] * X.dtype.itemsize + 32  # values, position, weight, label, bounds
     runs_per_fit = len(states) if runs_per_fit is None else runs_per_fit
-    budget = ACTIVE_MEMORY_BYTES / (runs_per_fit * X.shape[0] * row_bytes)
+    budget = ACTIVE_MEMORY_BYTES / (runs_per_fit * X.shape[0] * row_bytes(X))
     loop = BoundedRuns(
         X=X,
         weights=weights,

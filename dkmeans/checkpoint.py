@@ -45,7 +45,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from dkmeans import results, state, storage, validation
+from dkmeans import bounded, results, state, storage
 from dkmeans.errors import CheckpointMismatchError
 from dkmeans.lloyd import LloydState
 
@@ -95,7 +95,12 @@ def fingerprint(
 def fit_fingerprint(
     X: da.Array, weighted: bool, n_clusters: int | list[int], n_runs: int, params: dict
 ) -> dict[str, Any]:
-    """The :func:`fingerprint` of a fit (or sweep) with these checked parameters."""
+    """The :func:`fingerprint` of a fit (or sweep) with these checked parameters.
+
+    Its algorithm is the one the fit runs (``"auto"`` decided here, by
+    :func:`dkmeans.bounded.choose_algorithm`): read it with :func:`algorithm_of`.
+    """
+    fits = len(n_clusters) if isinstance(n_clusters, list) else 1
     return fingerprint(
         X,
         weighted=weighted,
@@ -103,13 +108,31 @@ def fit_fingerprint(
         n_init=n_runs,
         split_every=params["split_every"],
         tol=params["tol"],
-        algorithm=validation.resolve_algorithm(params["algorithm"], params["max_iter"]),
+        algorithm=bounded.choose_algorithm(
+            params["algorithm"], params["max_iter"], X, n_runs, fits
+        ),
         metric=params["metric"],
     )
 
 
-def check_fingerprint(saved: dict, now: dict, path: str | os.PathLike) -> None:
-    """Raise :class:`CheckpointMismatchError` naming what differs, if anything."""
+def algorithm_of(found: dict[str, Any]) -> str:
+    """The algorithm of a :func:`fingerprint` ("lloyd" is not recorded)."""
+    return found.get("algorithm", "lloyd")
+
+
+def check_fingerprint(
+    saved: dict, now: dict, path: str | os.PathLike, adopt: bool = False
+) -> dict[str, Any]:
+    """Raise :class:`CheckpointMismatchError` naming what differs, if anything.
+
+    ``adopt``: the saved algorithm is taken rather than compared (the
+    parameter was "auto", whose rule may decide otherwise now: another
+    ``max_iter``, other workers). Returns the fingerprint to continue with.
+    """
+    if adopt:
+        now = {key: value for key, value in now.items() if key != "algorithm"}
+        if "algorithm" in saved:
+            now["algorithm"] = saved["algorithm"]
     differ = [  # both ways: a key recorded only where it is not the default (see fingerprint)
         f"{key}: saved {saved.get(key)!r}, now {now.get(key)!r}"
         for key in [*now, *(key for key in saved if key not in now)]
@@ -120,6 +143,7 @@ def check_fingerprint(saved: dict, now: dict, path: str | os.PathLike) -> None:
             f"cannot continue the fit saved at {os.fspath(path)!r}: it was made with different "
             f"data or parameters ({'; '.join(differ)}); start a new fit instead"
         )
+    return now
 
 
 class Workspace:
@@ -129,14 +153,17 @@ class Workspace:
     ----------
     stores : list of RowStore
         Each run's label store.
+    algorithm : {"lloyd", "bounded"}
+        The algorithm the runs run (a continued fit's: the one it was saved with).
     states : list of LloydState or None
         Saved runs to continue (a :class:`Checkpoint` only).
     result : dkmeans.results.Result or None
         A finished fit found at the checkpoint (resume only): nothing to run.
     """
 
-    def __init__(self, stores: list[state.RowStore]):
+    def __init__(self, stores: list[state.RowStore], algorithm: str = "lloyd"):
         self.stores = stores
+        self.algorithm = algorithm
         self.states: list[LloydState] | None = None
         self.result: results.Result | None = None
 
@@ -189,7 +216,15 @@ class Checkpoint(Workspace):
 
     @classmethod
     def open(
-        cls, path, X: da.Array, *, n_runs, labels_dtype, fingerprint: dict, storage_options=None
+        cls,
+        path,
+        X: da.Array,
+        *,
+        n_runs,
+        labels_dtype,
+        fingerprint: dict,
+        adopt: bool = False,
+        storage_options=None,
     ) -> Checkpoint:
         """Open an unfinished fit's group to continue it (``states`` None: start it again).
 
@@ -201,7 +236,8 @@ class Checkpoint(Workspace):
             tol, split_every), or was saved in another format.
         """
         group = storage.open_group(path, "r+", storage_options)
-        check_fingerprint(group.attrs.get("fingerprint", {}), fingerprint, path)
+        found = group.attrs.get("fingerprint", {})
+        fingerprint = check_fingerprint(found, fingerprint, path, adopt)
         state_group = group[results.UNFINISHED]
         if state_group.attrs.get("format") != FORMAT:
             raise CheckpointMismatchError(
@@ -219,6 +255,7 @@ class Checkpoint(Workspace):
             stores.append(state.ZarrStore(X.chunks[0], labels_dtype, array=labels, passes=passes))
             states.append(run_state)
         checkpoint = cls(group, stores)
+        checkpoint.algorithm = algorithm_of(fingerprint)
         if saved is not None:
             checkpoint.states = states
             checkpoint._centers_written = {
@@ -299,6 +336,7 @@ def open_workspace(
     ks = [n_clusters] if isinstance(n_clusters, int) else list(n_clusters)
     run_clusters = [k for k in ks for _ in range(n_runs)]
     labels_dtype = state.label_dtype(max(ks))
+    expected = fit_fingerprint(X, weighted, n_clusters, n_runs, params)
     if checkpoint is None:
         stores = state.make_stores(
             params["label_store"],
@@ -308,13 +346,14 @@ def open_workspace(
             storage_options=storage_options,
             scratch=params["scratch"],
         )
-        return Workspace(stores)
-    expected = fit_fingerprint(X, weighted, n_clusters, n_runs, params)
+        return Workspace(stores, algorithm_of(expected))
+    adopt = params["algorithm"] == "auto"
     found = results.status(checkpoint, storage_options) if resume else "absent"
     if found == "complete":
         workspace = Workspace([])
         workspace.result = results.read_result(checkpoint, storage_options)
-        check_fingerprint(workspace.result.attrs.get("fingerprint", {}), expected, checkpoint)
+        saved = workspace.result.attrs.get("fingerprint", {})
+        check_fingerprint(saved, expected, checkpoint, adopt)
         return workspace
     if found == "checkpoint":
         return Checkpoint.open(
@@ -323,9 +362,10 @@ def open_workspace(
             n_runs=len(run_clusters),
             labels_dtype=labels_dtype,
             fingerprint=expected,
+            adopt=adopt,
             storage_options=storage_options,
         )
-    return Checkpoint.create(
+    workspace = Checkpoint.create(
         checkpoint,
         X,
         n_clusters=run_clusters,
@@ -333,6 +373,8 @@ def open_workspace(
         attrs={**attrs, "fingerprint": expected},
         storage_options=storage_options,
     )
+    workspace.algorithm = algorithm_of(expected)
+    return workspace
 
 
 # The saved record of a run: explicit keys (the on-disk format), not field names.

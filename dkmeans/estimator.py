@@ -115,7 +115,7 @@ def run_lloyd(
         tol=params["tol"],
         split_every=params["split_every"],
         retries=params["retries"],
-        algorithm=validation.resolve_algorithm(params["algorithm"], params["max_iter"]),
+        algorithm=workspace.algorithm,
         on_pass=workspace.save,
         on_iteration=reporter,
         runs_per_fit=runs_per_fit,
@@ -168,7 +168,11 @@ class KMeans:
         to rounding (sums are grouped differently). "auto": "bounded", which
         itself falls back to plain passes where an active set would not pay,
         or "lloyd" for ``max_iter < 20`` (too short for the bounded passes to
-        repay bounding every row).
+        repay bounding every row) and where the active rows could take more
+        than a quarter of the memory they would live in (the workers' memory
+        limits together under dask.distributed, else this machine's; see
+        :func:`dkmeans.bounded.choose_algorithm`). A fit continued from a
+        checkpoint keeps the algorithm it was saved with.
     metric : {"euclidean", "cosine"}, default="euclidean"
         "euclidean": k-means. "cosine": spherical k-means (Dhillon & Modha,
         2001), for data compared by direction (embeddings): every row is

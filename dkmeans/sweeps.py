@@ -153,8 +153,8 @@ def sweep(
 
     Memory: each k holds its label store (1-2 bytes a row); with the bounded
     algorithm each k still running also holds up to the active-row budget
-    of a fit (:data:`dkmeans.bounded.ACTIVE_MEMORY_BYTES`): on small workers
-    and many k, pass ``algorithm="lloyd"``.
+    of a fit (:data:`dkmeans.bounded.ACTIVE_MEMORY_BYTES`). ``algorithm="auto"``
+    counts that budget once per k (:func:`dkmeans.bounded.choose_algorithm`).
     """
     ks = _checked_ks(n_clusters)
     template = KMeans(n_clusters=ks[0], **params)
@@ -488,5 +488,5 @@ def _read_sweep(path, data, weighted, ks, checked, n_init, storage_options) -> S
     """A finished sweep found at ``path`` on resume: the same sweep, or an error."""
     expected = fit_fingerprint(data, weighted, ks, n_init, checked)
     saved = results.read_attrs(path, storage_options).get("fingerprint", {})
-    check_fingerprint(saved, expected, path)
+    check_fingerprint(saved, expected, path, adopt=checked["algorithm"] == "auto")
     return load_sweep(path, storage_options=storage_options)

@@ -117,23 +117,6 @@ def choice_check(choices: tuple[str, ...]) -> Callable[[Any, str], Any]:
     return check
 
 
-# "auto" runs plain Lloyd for fits capped below this many iterations: a bounded fit's
-# full passes also bound every row's distances (about a third more work in memory), and
-# a fit this short has too few iterations left after them for active passes to repay it.
-AUTO_MIN_ITER = 20
-
-
-def resolve_algorithm(algorithm: str, max_iter: int) -> str:
-    """The algorithm a fit runs: "auto" is "bounded" unless ``max_iter < AUTO_MIN_ITER``.
-
-    The bounded algorithm then decides by itself where an active pass pays
-    (:mod:`dkmeans.bounded`).
-    """
-    if algorithm == "auto":
-        return "lloyd" if max_iter < AUTO_MIN_ITER else "bounded"
-    return algorithm
-
-
 def _label_store(value, name):
     if isinstance(value, str | os.PathLike):
         return value  # a name of LABEL_STORES, or a path or URL
@@ -182,7 +165,7 @@ PARAMETERS: dict[str, Parameter] = {
         "auto",
         choice_check(ALGORITHMS),
         "'lloyd' (every row every iteration), 'bounded' (the same labels, reading only the "
-        "rows that can change) or 'auto' ('bounded', 'lloyd' when max_iter < 20)",
+        "rows that can change) or 'auto' ('bounded' where it pays, see KMeans)",
     ),
     "metric": Parameter(
         "euclidean",

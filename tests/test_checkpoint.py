@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dkmeans import CheckpointMismatchError, KMeans, checkpoint, load, results
+from dkmeans import CheckpointMismatchError, KMeans, bounded, checkpoint, load, results
 from dkmeans.datasets import make_blobs_zarr
 
 
@@ -177,3 +177,45 @@ def test_a_key_saved_only_where_not_the_default_is_compared_both_ways():
         with pytest.raises(CheckpointMismatchError, match="algorithm"):
             checkpoint.check_fingerprint(saved, now, "out.zarr")
     checkpoint.check_fingerprint(bounded, dict(bounded), "out.zarr")
+
+
+def _memory(monkeypatch, n_bytes: int) -> None:
+    """The memory that ``algorithm="auto"`` weighs the active rows against."""
+    monkeypatch.setattr(bounded, "memory_for_state", lambda: (n_bytes, "a test's memory"))
+
+
+def test_auto_runs_lloyd_where_the_active_rows_would_crowd_memory(data_path, monkeypatch):
+    X = da.from_zarr(data_path)
+    needed = bounded.active_bytes(X, runs_per_fit=1)
+    assert needed == X.shape[0] * (5 * X.dtype.itemsize + 32)  # every row, within the budget
+    quarter = round(1 / bounded.AUTO_MEMORY_FRACTION)
+    for memory, expected in [(quarter * needed, "bounded"), (quarter * needed - 1, "lloyd")]:
+        _memory(monkeypatch, memory)
+        assert bounded.choose_algorithm("auto", 300, X, runs_per_fit=1) == expected
+        assert bounded.choose_algorithm("bounded", 300, X, runs_per_fit=1) == "bounded"
+        fitted = _model(algorithm="auto", max_iter=25).fit(data_path)
+        assert ("pass" in fitted.history_[0]) == (expected == "bounded")  # bounded's records
+    _memory(monkeypatch, 2**50)
+    assert bounded.choose_algorithm("auto", bounded.AUTO_MIN_ITER - 1, X, 1) == "lloyd"
+    # restarts and the k of a sweep each hold their active rows
+    assert bounded.active_bytes(X, runs_per_fit=3, fits=2) == 6 * needed
+    big = da.zeros((10**8, 5), chunks=(10**6, 5))
+    assert bounded.active_bytes(big, 1) == bounded.ACTIVE_MEMORY_BYTES  # the fit's budget
+
+
+def test_auto_continues_with_the_algorithm_it_was_saved_with(data_path, tmp_path, monkeypatch):
+    _memory(monkeypatch, 2**50)
+    uninterrupted = _model(algorithm="auto").fit(data_path)
+    assert "pass" in uninterrupted.history_[0]  # "auto" chose "bounded"
+    out = tmp_path / "out.zarr"
+    _interrupt_save_at(monkeypatch, 2, before_writing=False)
+    with pytest.raises(Interrupted):
+        _model(algorithm="auto").fit(data_path, checkpoint=out)
+    monkeypatch.undo()
+    _memory(monkeypatch, 1)  # "auto" would now choose "lloyd" for a new fit
+    with pytest.raises(CheckpointMismatchError, match="algorithm: saved 'bounded', now None"):
+        _model(algorithm="lloyd").fit(data_path, checkpoint=out, resume=True)
+    resumed = _model(algorithm="auto").fit(data_path, checkpoint=out, resume=True)
+    _assert_same_fit(resumed, uninterrupted)
+    assert [r["pass"] for r in resumed.history_] == [r["pass"] for r in uninterrupted.history_]
+    _assert_same_fit(_model(algorithm="auto").fit(data_path, checkpoint=out, resume=True), resumed)
