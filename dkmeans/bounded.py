@@ -468,11 +468,19 @@ def reassign(
     """
     labels = active.labels
     k, d = centers.values.shape
-    new_labels, upper, lower = labels, active.upper.copy(), active.lower.copy()
-    suspects, count = np.arange(len(labels)), len(labels)
-    if not active.stale:
+    new_labels, upper, lower = labels, active.upper, active.lower
+    suspects, count = np.arange(len(labels), dtype=np.int32), len(labels)
+    if not active.stale:  # new bound arrays: the old stay as they were (a snapshot's)
+        upper, lower = np.empty_like(upper), np.empty_like(lower)
         count = kernel.hamerly_filter(
-            active.x, labels, upper, lower, step, _largest_other(step), centers.values64, suspects
+            active.x,
+            labels,
+            (active.upper, active.lower),
+            step,
+            _largest_other(step),
+            centers.values64,
+            (upper, lower),
+            suspects,
         )
         suspects = suspects[:count]
     sums, weights, objective, changed = np.zeros((k, d)), np.zeros(k), 0.0, 0

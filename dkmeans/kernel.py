@@ -933,16 +933,20 @@ def row_sqdist(x, labels, centers64):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def hamerly_filter(x, labels, upper, lower, step, other, centers64, suspects):  # pragma: no cover
+def hamerly_filter(x, labels, bounds, step, other, centers64, moved, suspects):  # pragma: no cover
     """Move each row's bounds by the centers' steps; collect the rows whose label may change.
 
-    ``upper`` grows by the step of the row's center and ``lower`` shrinks by
-    ``other[label]``, the largest step of another center (both rounded
-    outward, in place). A row with ``upper < lower`` certainly keeps its label;
-    for the others ``upper`` is tightened to the directly computed distance,
-    and those still not certain are written to ``suspects``. Returns their count.
+    ``bounds`` is (upper, lower) as they were; ``moved`` (upper, lower)
+    receives them moved: ``upper`` grown by the step of the row's center,
+    ``lower`` shrunk by ``other[label]``, the largest step of another center
+    (both rounded outward). A row with ``upper < lower`` certainly keeps its
+    label; for the others ``upper`` is tightened to the directly computed
+    distance, and those still not certain are written to ``suspects``.
+    Returns their count.
     """
     n, d = x.shape
+    upper, lower = bounds
+    new_upper, new_lower = moved
     relative = 1.01 * (d + 3) * _U64
     absolute = (d + 3) * 2.0**-1070
     count = 0
@@ -956,8 +960,8 @@ def hamerly_filter(x, labels, upper, lower, step, other, centers64, suspects):  
             if not up < low:
                 suspects[count] = i
                 count += 1
-        upper[i] = up
-        lower[i] = low
+        new_upper[i] = up
+        new_lower[i] = low
     return count
 
 
