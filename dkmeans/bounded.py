@@ -115,11 +115,12 @@ MAX_ACTIVE_FRACTION = 1.0
 # full passes also bound every row's distances (about a third more work in memory), and
 # a fit this short has too few iterations left after them for active passes to repay it.
 AUTO_MIN_ITER = 20
-# ... and where the active rows could take more than this fraction of the memory they
-# would live in (:func:`dkmeans.state.memory_for_state`): a worker short of memory pauses,
-# and its active passes then cost more than plain ones (notebook 01, 4.3M x 32 float32 on
-# one 512 MiB worker: "bounded" 87.5 s, "lloyd" 49.6 s, 2026-12-05).
-AUTO_MEMORY_FRACTION = 0.25
+# ... and where the memory the active rows would live in (:func:`dkmeans.state.memory_for_state`)
+# is less than this many times what they could take: a worker short of memory pauses, and
+# its active passes then cost more than plain ones (2026-12-05, 4.3M x 32 float32 on one
+# 512 MiB worker, notebook 01: "bounded" 87.5 s, "lloyd" 49.6 s; 20M x 32 on two 1 GB
+# workers, 3.7 times the 512 MiB budget: "bounded" 0.35 of "lloyd"'s time).
+AUTO_MEMORY_MULTIPLE = 3
 _U64 = 2.0**-53
 FULL = "full"
 ACTIVE = "active"
@@ -325,11 +326,12 @@ def choose_algorithm(
 ) -> str:
     """The algorithm a fit runs: "auto" is "bounded" unless a rule says it will not pay.
 
-    "lloyd" where ``max_iter < AUTO_MIN_ITER``, or where the active rows
-    (:func:`active_bytes`) could take more than ``AUTO_MEMORY_FRACTION`` of
-    the memory they would live in: the workers' memory limits together under
-    dask.distributed, else this machine's memory (the log says which). Where
-    it runs, the bounded algorithm decides by itself which passes pay.
+    "lloyd" where ``max_iter < AUTO_MIN_ITER``, or where the memory the
+    active rows would live in (the workers' memory limits together under
+    dask.distributed, else this machine's memory; the log says which) is
+    less than ``AUTO_MEMORY_MULTIPLE`` times what they could take
+    (:func:`active_bytes`). Where it runs, the bounded algorithm decides by
+    itself which passes pay.
     """
     if algorithm != "auto":
         return algorithm
@@ -337,14 +339,14 @@ def choose_algorithm(
         return "lloyd"
     memory, where = memory_for_state()
     needed = active_bytes(X, runs_per_fit, fits)
-    chosen = "bounded" if needed <= AUTO_MEMORY_FRACTION * memory else "lloyd"
+    chosen = "bounded" if memory >= AUTO_MEMORY_MULTIPLE * needed else "lloyd"
     logger.info(
-        "algorithm 'auto': %r (active rows up to %s; %d%% of %s, %s)",
+        "algorithm 'auto': %r (active rows up to %s; %s %s, at least %d times that wanted)",
         chosen,
         format_bytes(needed),
-        round(100 * AUTO_MEMORY_FRACTION),
         where,
         format_bytes(memory),
+        AUTO_MEMORY_MULTIPLE,
     )
     return chosen
 

@@ -168,9 +168,9 @@ class KMeans:
         to rounding (sums are grouped differently). "auto": "bounded", which
         itself falls back to plain passes where an active set would not pay,
         or "lloyd" for ``max_iter < 20`` (too short for the bounded passes to
-        repay bounding every row) and where the active rows could take more
-        than a quarter of the memory they would live in (the workers' memory
-        limits together under dask.distributed, else this machine's; see
+        repay bounding every row) and where the memory the active rows would
+        live in (the workers' memory limits together under dask.distributed,
+        else this machine's) is less than 3 times what they could take (see
         :func:`dkmeans.bounded.choose_algorithm`). A fit continued from a
         checkpoint keeps the algorithm it was saved with.
     metric : {"euclidean", "cosine"}, default="euclidean"

@@ -188,8 +188,8 @@ def test_auto_runs_lloyd_where_the_active_rows_would_crowd_memory(data_path, mon
     X = da.from_zarr(data_path)
     needed = bounded.active_bytes(X, runs_per_fit=1)
     assert needed == X.shape[0] * (5 * X.dtype.itemsize + 32)  # every row, within the budget
-    quarter = round(1 / bounded.AUTO_MEMORY_FRACTION)
-    for memory, expected in [(quarter * needed, "bounded"), (quarter * needed - 1, "lloyd")]:
+    enough = bounded.AUTO_MEMORY_MULTIPLE * needed
+    for memory, expected in [(enough, "bounded"), (enough - 1, "lloyd")]:
         _memory(monkeypatch, memory)
         assert bounded.choose_algorithm("auto", 300, X, runs_per_fit=1) == expected
         assert bounded.choose_algorithm("bounded", 300, X, runs_per_fit=1) == "bounded"
