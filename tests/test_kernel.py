@@ -215,3 +215,23 @@ def test_a_row_that_is_not_finite_gives_a_non_finite_objective_not_an_error(dtyp
     stats, labels = kernel.block_stats(X, centers, prev_labels=np.zeros(500, np.int64))
     assert not np.isfinite(stats.objective)
     assert 0 <= labels.min() and labels.max() < len(centers)
+
+
+@given(
+    st.integers(0, 150),
+    st.sampled_from([1, 2, 3, 4, 5, 8, 16, 24, 32, 64, 65, 128]),
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 2**32 - 1),
+)
+def test_norm_bound_is_built_from_each_features_largest_magnitude(n, d, dtype, seed):
+    """Features dividing 64 take the lane loop (with a tail of rows), the others the row loop."""
+    rng = np.random.default_rng(seed)
+    scales = rng.choice([0.0, 1e-30, 1.0, 1e30], size=(n, d))
+    X = (rng.normal(size=(n, d)) * scales).astype(dtype)
+    X[rng.random((n, d)) < 0.2] *= -1  # signs, and -0.0
+    largest = np.full(d, np.nan)
+    bound = kernel._norm_bound(X, largest)
+    expected = np.abs(X.astype(np.float64)).max(axis=0) if n else np.zeros(d)
+    np.testing.assert_array_equal(largest, expected)
+    norms = np.sqrt(np.einsum("ij,ij->i", X.astype(np.float64), X.astype(np.float64)))
+    assert np.all(norms <= bound) and bound <= np.sqrt(np.sum(expected**2)) * (1 + 1e-12)
