@@ -102,7 +102,7 @@ from dask.utils import format_bytes
 from dkmeans import inputs, kernel, lloyd, passes, stats
 from dkmeans.lloyd import LloydState
 from dkmeans.passes import Block
-from dkmeans.state import BlockState, InPlace, MemoryStore, RowStore, memory_for_state
+from dkmeans.state import BlockState, InPlace, MemoryStore, RowStore, worker_memory_limits
 from dkmeans.stats import ChunkStats, Farthest
 
 # The active rows of all runs take at most this many bytes (and at most this
@@ -115,12 +115,16 @@ MAX_ACTIVE_FRACTION = 1.0
 # full passes also bound every row's distances (about a third more work in memory), and
 # a fit this short has too few iterations left after them for active passes to repay it.
 AUTO_MIN_ITER = 20
-# ... and where the memory the active rows would live in (:func:`dkmeans.state.memory_for_state`)
-# is less than this many times what they could take: a worker short of memory pauses, and
-# its active passes then cost more than plain ones (2026-12-05, 4.3M x 32 float32 on one
-# 512 MiB worker, notebook 01: "bounded" 87.5 s, "lloyd" 49.6 s; 20M x 32 on two 1 GB
-# workers, 3.7 times the 512 MiB budget: "bounded" 0.35 of "lloyd"'s time).
-AUTO_MEMORY_MULTIPLE = 3
+# ... and where the active rows could outgrow the room for them: a worker short of memory
+# pauses, and its active passes then cost more than plain ones (2026-12-05, 4.3M x 32
+# float32, 512 MiB of active rows: one 512 MiB worker "bounded" 87.5 s, "lloyd" 49.6 s;
+# three such workers 72.5 s and 41.7 s; 20M x 32 on two 1 GB workers, 2026-11-29:
+# "bounded" 0.35 of "lloyd"'s time). The room: on each worker of a dask.distributed
+# cluster (which holds its blocks' share), Dask's spill threshold of its memory limit
+# less what a worker process takes by itself; else a third of this machine's memory.
+AUTO_WORKER_FRACTION = 0.6
+AUTO_WORKER_BASE_BYTES = 2**28
+AUTO_MACHINE_FRACTION = 1 / 3
 _U64 = 2.0**-53
 FULL = "full"
 ACTIVE = "active"
@@ -321,32 +325,50 @@ def active_bytes(X: da.Array, runs_per_fit: int, fits: int = 1) -> int:
     return fits * min(ACTIVE_MEMORY_BYTES, int(rows * row_bytes(X)))
 
 
+def room_for_active_rows() -> tuple[int, str]:
+    """(bytes, how they were found): the memory the active rows may take (see ``"auto"``)."""
+    limits = worker_memory_limits()
+    if limits is not None:
+        room = [
+            max(0, int(AUTO_WORKER_FRACTION * limit) - AUTO_WORKER_BASE_BYTES) for limit in limits
+        ]
+        return len(limits) * min(room), (
+            f"{len(limits)} workers x {format_bytes(min(room))}: "
+            f"{round(100 * AUTO_WORKER_FRACTION)}% of the smallest memory limit, "
+            f"{format_bytes(min(limits))}, less {format_bytes(AUTO_WORKER_BASE_BYTES)}"
+        )
+    import psutil  # a dependency of distributed
+
+    total = int(psutil.virtual_memory().total)
+    return int(AUTO_MACHINE_FRACTION * total), f"a third of this machine's {format_bytes(total)}"
+
+
 def choose_algorithm(
     algorithm: str, max_iter: int, X: da.Array, runs_per_fit: int, fits: int = 1
 ) -> str:
     """The algorithm a fit runs: "auto" is "bounded" unless a rule says it will not pay.
 
-    "lloyd" where ``max_iter < AUTO_MIN_ITER``, or where the memory the
-    active rows would live in (the workers' memory limits together under
-    dask.distributed, else this machine's memory; the log says which) is
-    less than ``AUTO_MEMORY_MULTIPLE`` times what they could take
-    (:func:`active_bytes`). Where it runs, the bounded algorithm decides by
-    itself which passes pay.
+    "lloyd" where ``max_iter < AUTO_MIN_ITER``, or where the active rows
+    could take more (:func:`active_bytes`) than the room for them
+    (:func:`room_for_active_rows`): under dask.distributed each worker holds
+    its blocks' share, so every worker must have that share to spare
+    (``AUTO_WORKER_FRACTION`` of its memory limit, Dask's spill threshold,
+    less ``AUTO_WORKER_BASE_BYTES`` for the worker process itself); else a
+    third of this machine's memory. The log says which it chose and why.
+    Where it runs, the bounded algorithm decides by itself which passes pay.
     """
     if algorithm != "auto":
         return algorithm
     if max_iter < AUTO_MIN_ITER:
         return "lloyd"
-    memory, where = memory_for_state()
+    room, how = room_for_active_rows()
     needed = active_bytes(X, runs_per_fit, fits)
-    chosen = "bounded" if memory >= AUTO_MEMORY_MULTIPLE * needed else "lloyd"
+    chosen = "bounded" if needed <= room else "lloyd"
     logger.info(
-        "algorithm 'auto': %r (active rows up to %s; %s %s, at least %d times that wanted)",
+        "algorithm 'auto': %r (active rows up to %s; room for them %s)",
         chosen,
         format_bytes(needed),
-        where,
-        format_bytes(memory),
-        AUTO_MEMORY_MULTIPLE,
+        how,
     )
     return chosen
 

@@ -168,10 +168,10 @@ class KMeans:
         to rounding (sums are grouped differently). "auto": "bounded", which
         itself falls back to plain passes where an active set would not pay,
         or "lloyd" for ``max_iter < 20`` (too short for the bounded passes to
-        repay bounding every row) and where the memory the active rows would
-        live in (the workers' memory limits together under dask.distributed,
-        else this machine's) is less than 3 times what they could take (see
-        :func:`dkmeans.bounded.choose_algorithm`). A fit continued from a
+        repay bounding every row) and where the active rows could outgrow the
+        room for them (every worker's share within 60% of its memory limit
+        less 256 MiB under dask.distributed, else a third of this machine's
+        memory; see :func:`dkmeans.bounded.choose_algorithm`). A fit continued from a
         checkpoint keeps the algorithm it was saved with.
     metric : {"euclidean", "cosine"}, default="euclidean"
         "euclidean": k-means. "cosine": spherical k-means (Dhillon & Modha,

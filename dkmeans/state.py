@@ -62,17 +62,24 @@ class Placement:
     storage_options: dict | None = None
 
 
-def memory_for_state() -> tuple[int, str]:
-    """(bytes, what they are): the memory that memory stores would take their room from."""
+def worker_memory_limits() -> list[int] | None:
+    """Each dask.distributed worker's memory limit; None: no cluster, or a worker has none."""
     from dkmeans import passes  # passes builds on this module
 
-    if passes.on_distributed():
-        from distributed import get_client
+    if not passes.on_distributed():
+        return None
+    from distributed import get_client
 
-        workers = get_client().scheduler_info(n_workers=-1)["workers"].values()
-        limits = [int(worker.get("memory_limit") or 0) for worker in workers]
-        if limits and all(limits):
-            return sum(limits), f"the memory limits of {len(limits)} workers"
+    workers = get_client().scheduler_info(n_workers=-1)["workers"].values()
+    limits = [int(worker.get("memory_limit") or 0) for worker in workers]
+    return limits if limits and all(limits) else None
+
+
+def memory_for_state() -> tuple[int, str]:
+    """(bytes, what they are): the memory that memory stores would take their room from."""
+    limits = worker_memory_limits()
+    if limits is not None:
+        return sum(limits), f"the memory limits of {len(limits)} workers"
     import psutil  # a dependency of distributed
 
     return int(psutil.virtual_memory().total), "this machine's memory"

@@ -7,6 +7,7 @@ written); tests/test_cli.py kills a real process with SIGKILL.
 
 import dask.array as da
 import numpy as np
+import psutil
 import pytest
 import zarr
 
@@ -180,16 +181,15 @@ def test_a_key_saved_only_where_not_the_default_is_compared_both_ways():
 
 
 def _memory(monkeypatch, n_bytes: int) -> None:
-    """The memory that ``algorithm="auto"`` weighs the active rows against."""
-    monkeypatch.setattr(bounded, "memory_for_state", lambda: (n_bytes, "a test's memory"))
+    """The room that ``algorithm="auto"`` weighs the active rows against."""
+    monkeypatch.setattr(bounded, "room_for_active_rows", lambda: (n_bytes, "a test's room"))
 
 
 def test_auto_runs_lloyd_where_the_active_rows_would_crowd_memory(data_path, monkeypatch):
     X = da.from_zarr(data_path)
     needed = bounded.active_bytes(X, runs_per_fit=1)
     assert needed == X.shape[0] * (5 * X.dtype.itemsize + 32)  # every row, within the budget
-    enough = bounded.AUTO_MEMORY_MULTIPLE * needed
-    for memory, expected in [(enough, "bounded"), (enough - 1, "lloyd")]:
+    for memory, expected in [(needed, "bounded"), (needed - 1, "lloyd")]:
         _memory(monkeypatch, memory)
         assert bounded.choose_algorithm("auto", 300, X, runs_per_fit=1) == expected
         assert bounded.choose_algorithm("bounded", 300, X, runs_per_fit=1) == "bounded"
@@ -219,3 +219,21 @@ def test_auto_continues_with_the_algorithm_it_was_saved_with(data_path, tmp_path
     _assert_same_fit(resumed, uninterrupted)
     assert [r["pass"] for r in resumed.history_] == [r["pass"] for r in uninterrupted.history_]
     _assert_same_fit(_model(algorithm="auto").fit(data_path, checkpoint=out, resume=True), resumed)
+
+
+@pytest.mark.distributed
+def test_the_room_for_active_rows_is_the_smallest_workers_spare_memory_per_worker(monkeypatch):
+    from distributed import Client, LocalCluster
+
+    def spare(limit):
+        return int(bounded.AUTO_WORKER_FRACTION * limit) - bounded.AUTO_WORKER_BASE_BYTES
+
+    kwargs = dict(n_workers=2, processes=False, memory_limit="1GiB", dashboard_address=":0")
+    with LocalCluster(**kwargs) as cluster, Client(cluster):
+        assert bounded.room_for_active_rows()[0] == 2 * spare(2**30)  # the cluster's limits
+    assert bounded.room_for_active_rows()[0] == int(psutil.virtual_memory().total / 3)
+    # workers of different sizes: each holds about its share, so the smallest one counts
+    monkeypatch.setattr(bounded, "worker_memory_limits", lambda: [3 * 2**30, 2**30, 2**31])
+    assert bounded.room_for_active_rows()[0] == 3 * spare(2**30)
+    monkeypatch.setattr(bounded, "worker_memory_limits", lambda: [2**28, 2**31])
+    assert bounded.room_for_active_rows()[0] == 0  # a worker with no room to spare
