@@ -102,7 +102,14 @@ from dask.utils import format_bytes
 from dkmeans import inputs, kernel, lloyd, passes, stats
 from dkmeans.lloyd import LloydState
 from dkmeans.passes import Block
-from dkmeans.state import BlockState, InPlace, MemoryStore, RowStore, worker_memory_limits
+from dkmeans.state import (
+    BlockState,
+    InPlace,
+    MemoryStore,
+    RowStore,
+    memory_for_state,
+    worker_memory_limits,
+)
 from dkmeans.stats import ChunkStats, Farthest
 
 # The active rows of all runs take at most this many bytes (and at most this
@@ -337,10 +344,8 @@ def room_for_active_rows() -> tuple[int, str]:
             f"{round(100 * AUTO_WORKER_FRACTION)}% of the smallest memory limit, "
             f"{format_bytes(min(limits))}, less {format_bytes(AUTO_WORKER_BASE_BYTES)}"
         )
-    import psutil  # a dependency of distributed
-
-    total = int(psutil.virtual_memory().total)
-    return int(AUTO_MACHINE_FRACTION * total), f"a third of this machine's {format_bytes(total)}"
+    memory, where = memory_for_state()  # this machine's
+    return int(AUTO_MACHINE_FRACTION * memory), f"a third of {where}, {format_bytes(memory)}"
 
 
 def choose_algorithm(

@@ -231,7 +231,8 @@ def test_the_room_for_active_rows_is_the_smallest_workers_spare_memory_per_worke
     kwargs = dict(n_workers=2, processes=False, memory_limit="1GiB", dashboard_address=":0")
     with LocalCluster(**kwargs) as cluster, Client(cluster):
         assert bounded.room_for_active_rows()[0] == 2 * spare(2**30)  # the cluster's limits
-    assert bounded.room_for_active_rows()[0] == int(psutil.virtual_memory().total / 3)
+    machine = psutil.virtual_memory().total
+    assert bounded.room_for_active_rows()[0] == int(bounded.AUTO_MACHINE_FRACTION * machine)
     # workers of different sizes: each holds about its share, so the smallest one counts
     monkeypatch.setattr(bounded, "worker_memory_limits", lambda: [3 * 2**30, 2**30, 2**31])
     assert bounded.room_for_active_rows()[0] == 3 * spare(2**30)

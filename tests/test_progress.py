@@ -72,9 +72,14 @@ def test_verbose_fit_goes_through_the_dkmeans_logger_when_it_has_a_handler(blobs
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert capsys.readouterr().out == ""
-    choices = [r.getMessage() for r in records if "memory up to" in r.getMessage()]
-    assert choices[0].startswith("label store: memory")  # "auto" says what it chose
-    lines = [r.getMessage() for r in records if "memory up to" not in r.getMessage()]
+    messages = [r.getMessage() for r in records]
+    choices = [m for m in messages if "memory up to" in m or m.startswith("algorithm 'auto'")]
+    assert sorted(choice.split(":")[0] for choice in choices) == [
+        "algorithm 'auto'",
+        "label store",
+    ]
+    assert all(": memory (" in c or ": 'bounded' (" in c for c in choices)  # what, and why
+    lines = [m for m in messages if m not in choices]
     assert [line.split()[1] for line in lines[:-1]] == [
         str(i) for i in range(1, model.n_iter_ + 1)
     ]
