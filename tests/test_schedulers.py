@@ -35,7 +35,7 @@ def _fit(X, label_store, scheduler=None, **config):
         n_init=2,
         random_state=3,
         tol=0,
-        max_iter=15,  # stops at max_iter: the final assignment pass is compared too
+        max_iter=8,  # stops at max_iter: the final assignment pass is compared too
         split_every=4,
         label_store=label_store,
     )
