@@ -424,42 +424,35 @@ def _split_block(x, weights, labels, upper, lower, centers, margin, max_active):
     """The block's active rows (slack at most ``margin``, at most ``max_active`` of them)."""
     k, n = len(centers.values), len(x)
     weights = np.empty(0) if weights is None else np.asarray(weights, np.float64)
+    margin = -np.inf if margin is None else margin
     slack, least = np.empty(n), np.full(k, np.inf)
     histogram = np.zeros(kernel.SLACK_BINS, dtype=np.int64)
     members = np.zeros(k, dtype=np.int64)
     candidates = kernel.slack_summary(
-        labels,
-        upper,
-        lower,
-        weights,
-        -np.inf if margin is None else margin,
-        slack,
-        least,
-        histogram,
-        members,
+        labels, upper, lower, weights, margin, slack, least, histogram, members
     )
     if candidates == n:  # every row: the block itself (no copy of in-memory input)
         chosen = np.arange(n, dtype=np.int32)
         active = ActiveRows(chosen, np.ascontiguousarray(x), weights, labels, upper, lower)
         return active, Split(least, histogram, n, members)
-    chosen = (
-        np.flatnonzero(slack <= margin).astype(np.int32) if candidates else np.empty(0, np.int32)
-    )
     cap = int(max_active * n)
-    if len(chosen) > cap:  # the least slack first, ties by position; the rest frozen
-        kept = np.sort(chosen[np.argsort(slack[chosen], kind="stable")[:cap]])
-        dropped = np.setdiff1d(chosen, kept)
-        np.minimum.at(least, labels[dropped], slack[dropped])
-        chosen = kept
+    if candidates <= cap:
+        taken = kernel.gather_active(x, weights, labels, upper, lower, slack, margin, candidates)
+        return ActiveRows(*taken), Split(least, histogram, candidates, members)
+    # More than the cap: the least slack first, ties by position; the rest frozen.
+    chosen = np.flatnonzero(slack <= margin).astype(np.int32)
+    kept = np.sort(chosen[np.argsort(slack[chosen], kind="stable")[:cap]])
+    dropped = np.setdiff1d(chosen, kept)
+    np.minimum.at(least, labels[dropped], slack[dropped])
     active = ActiveRows(
-        chosen,
-        np.ascontiguousarray(x[chosen]),
-        weights[chosen] if len(weights) else weights,
-        labels[chosen],
-        upper[chosen],
-        lower[chosen],
+        kept,
+        np.ascontiguousarray(x[kept]),
+        weights[kept] if len(weights) else weights,
+        labels[kept],
+        upper[kept],
+        lower[kept],
     )
-    return active, Split(least, histogram, len(chosen), members)
+    return active, Split(least, histogram, cap, members)
 
 
 def active_block(

@@ -52,6 +52,61 @@ def test_distance_bounds_hold_for_the_exact_distances(problem, seed):
         assert lower[i] >= 0
 
 
+@given(
+    st.integers(0, 300),
+    st.integers(1, 9),
+    st.integers(1, 40),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from([None, -1.0, 0.0, 0.7, np.inf]),
+    st.sampled_from([1.0, 0.5, 0.1, 0.0]),
+    st.booleans(),
+    st.integers(0, 2**16),
+)
+def test_a_split_takes_the_rows_of_least_slack_and_keeps_the_frozen_rows_least(
+    n, d, k, dtype, margin, max_active, weighted, seed
+):
+    """The active rows against NumPy: slack at most the margin, the least slack first past
+    the cap, in block order, values and state copied; each cluster's least frozen slack."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(dtype)
+    labels = rng.integers(k, size=n).astype(label_dtype(k))
+    upper = rng.uniform(0, 2, size=n)
+    lower = upper + rng.choice([-0.5, 0.0, 0.3, 1.0, np.inf], size=n) * rng.uniform(size=n)
+    weights = rng.uniform(0, 2, size=n) if weighted else None
+    centers = kernel.prepare(rng.normal(size=(k, d)), dtype)
+    active, split = bounded._split_block(
+        x, weights, labels, upper, lower, centers, margin, max_active
+    )
+
+    with np.errstate(invalid="ignore"):  # inf - inf where lower is infinite, replaced
+        slack = np.where(np.isinf(lower), np.inf, (lower - upper) - 2.0**-52 * (lower + upper))
+    limit = -np.inf if margin is None else margin
+    candidates = np.flatnonzero(slack <= limit)
+    cap = int(max_active * n)
+    if len(candidates) == n:
+        chosen = np.arange(n)
+    elif len(candidates) <= cap:
+        chosen = candidates
+    else:
+        chosen = np.sort(candidates[np.argsort(slack[candidates], kind="stable")[:cap]])
+    frozen = np.setdiff1d(np.arange(n), chosen)
+    np.testing.assert_array_equal(active.rows, chosen)
+    assert active.rows.dtype == np.int32 and active.x.dtype == x.dtype
+    np.testing.assert_array_equal(active.x, x[chosen])
+    np.testing.assert_array_equal(active.labels, labels[chosen])
+    assert active.labels.dtype == labels.dtype
+    np.testing.assert_array_equal(active.upper, upper[chosen])
+    np.testing.assert_array_equal(active.lower, lower[chosen])
+    if weighted:
+        np.testing.assert_array_equal(active.weights, weights[chosen])
+    else:
+        assert active.weights.size == 0
+    assert split.n_active == len(chosen)
+    least = np.full(k, np.inf)
+    np.minimum.at(least, labels[frozen], slack[frozen])
+    np.testing.assert_array_equal(split.least_slack, least)
+
+
 # -- bounded vs lloyd ------------------------------------------------------------------------
 
 
