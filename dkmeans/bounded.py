@@ -267,9 +267,11 @@ def center_steps(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 def _largest_other(steps: np.ndarray) -> np.ndarray:
     """For each center a, the largest step of the centers j != a."""
-    other = np.full(len(steps), float(np.max(steps)))
     top = int(np.argmax(steps))
-    other[top] = float(np.max(np.delete(steps, top))) if len(steps) > 1 else 0.0
+    other = np.full(len(steps), steps[top])
+    rest = steps.copy()
+    rest[top] = -np.inf
+    other[top] = rest.max() if len(steps) > 1 else 0.0
     return other
 
 
@@ -462,6 +464,7 @@ def active_block(
     states: list[BlockState],
     centers: list[kernel.Centers],
     steps: list[np.ndarray],
+    others: list[np.ndarray],
     references: list[np.ndarray],
 ) -> list[Moves]:
     """An active pass's block: each run's active rows reassigned; what moved.
@@ -471,7 +474,7 @@ def active_block(
     results = []
     for run, active_state in enumerate(states):
         new, moves = reassign(
-            active_state.read().item(), centers[run], steps[run], references[run]
+            active_state.read().item(), centers[run], steps[run], others[run], references[run]
         )
         active_state.write(passes.as_element(new))
         results.append(moves)
@@ -479,9 +482,15 @@ def active_block(
 
 
 def reassign(
-    active: ActiveRows, centers: kernel.Centers, step: np.ndarray, reference64: np.ndarray
+    active: ActiveRows,
+    centers: kernel.Centers,
+    step: np.ndarray,
+    other: np.ndarray,
+    reference64: np.ndarray,
 ) -> tuple[ActiveRows, Moves]:
     """Active rows' exact labels at ``centers``, which moved by ``step`` since the last pass.
+
+    ``other[a]`` is the largest step of a center other than a (:func:`_largest_other`).
 
     Hamerly's test (:func:`dkmeans.kernel.hamerly_filter`) keeps the label of
     nearly every row; the rest are assigned exactly, all together on a
@@ -491,34 +500,40 @@ def reassign(
     labels = active.labels
     k, d = centers.values.shape
     new_labels, upper, lower = labels, active.upper, active.lower
-    suspects, count = np.arange(len(labels), dtype=np.int32), len(labels)
-    if not active.stale:  # new bound arrays: the old stay as they were (a snapshot's)
+    if active.stale:  # bounds older than the labels: every row a suspect
+        suspects, count = np.arange(len(labels), dtype=np.int32), len(labels)
+    else:  # new bound arrays: the old stay as they were (a snapshot's)
         upper, lower = np.empty_like(upper), np.empty_like(lower)
+        suspects = np.empty(len(labels), dtype=np.int32)
         count = kernel.hamerly_filter(
             active.x,
             labels,
             (active.upper, active.lower),
             step,
-            _largest_other(step),
+            other,
             centers.values64,
             (upper, lower),
             suspects,
         )
-        suspects = suspects[:count]
     sums, weights, objective, changed = np.zeros((k, d)), np.zeros(k), 0.0, 0
     members = np.zeros(k, dtype=np.int64)
+    moved = np.empty(0, dtype=np.int32)
     if count > len(labels) // 2:  # most rows: assign them all, without gathering
-        suspects = np.arange(len(labels))
+        count = len(labels)
         new_labels, upper, lower = kernel.assign_with_bounds(
             active.x, centers, labels, labels.dtype
         )
+        moved = np.flatnonzero(new_labels != labels).astype(np.int32)
     elif count:
-        rows = np.ascontiguousarray(active.x[suspects])
-        found, up, low = kernel.assign_with_bounds(rows, centers, labels[suspects], labels.dtype)
-        new_labels = labels.copy()
-        new_labels[suspects], upper[suspects], lower[suspects] = found, up, low
-    if count:
-        moved = suspects[new_labels[suspects] != labels[suspects]]
+        suspects = suspects[:count]
+        rows, hints = kernel.take_suspects(active.x, labels, suspects)
+        found, up, low = kernel.assign_with_bounds(rows, centers, hints, labels.dtype)
+        new_labels, moved = labels.copy(), np.empty(count, dtype=np.int32)
+        n_moved = kernel.put_assigned(
+            suspects, found, up, low, labels, new_labels, upper, lower, moved
+        )
+        moved = moved[:n_moved]
+    if len(moved):
         changed = len(moved)
         objective = kernel.moved_totals(
             active.x, active.weights, moved, labels, new_labels, reference64, sums, weights
@@ -540,7 +555,7 @@ def reassign(
             np.zeros(k, dtype=np.int64),
         )
     new = ActiveRows(active.rows, active.x, active.weights, new_labels, upper, lower)
-    moves = Moves(sums, weights, objective, changed, len(suspects), members, histogram)
+    moves = Moves(sums, weights, objective, changed, count, members, histogram)
     return new, moves
 
 
@@ -739,6 +754,7 @@ class BoundedRuns:
         """An active pass for ``runs``: each run's totals, or None where a full pass is needed."""
         snapshots = [self.active_stores[run].snapshot() for run in runs]
         X = self.X
+        steps = [center_steps(self.plans[run].last_centers, states[run].centers) for run in runs]
         results = passes.map_reduce(
             active_block,
             [self.row_blocks()],
@@ -747,9 +763,8 @@ class BoundedRuns:
             states=[self.active_stores[run] for run in runs],
             retries=self.retries,
             centers=[kernel.prepare(states[run].centers, X.dtype) for run in runs],
-            steps=[
-                center_steps(self.plans[run].last_centers, states[run].centers) for run in runs
-            ],
+            steps=steps,
+            others=[_largest_other(step) for step in steps],
             references=[self.plans[run].reference.centers for run in runs],
         )
         totals = []

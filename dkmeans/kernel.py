@@ -981,6 +981,41 @@ def hamerly_filter(x, labels, bounds, step, other, centers64, moved, suspects): 
 
 
 @numba.njit(nogil=True, cache=True)
+def take_suspects(x, labels, suspects):  # pragma: no cover - compiled
+    """The ``suspects``' rows of ``x`` (compact, C order) and their labels: a tile to assign."""
+    m, d = suspects.shape[0], x.shape[1]
+    rows = np.empty((m, d), x.dtype)
+    hints = np.empty(m, labels.dtype)
+    for j in range(m):
+        i = suspects[j]
+        for f in range(d):
+            rows[j, f] = x[i, f]
+        hints[j] = labels[i]
+    return rows, hints
+
+
+@numba.njit(nogil=True, cache=True)
+def put_assigned(
+    suspects, found, up, low, labels, new_labels, upper, lower, moved
+):  # pragma: no cover
+    """Write the suspects' new labels and bounds back; ``moved`` gets those whose label changed.
+
+    ``labels`` are the labels before, ``new_labels`` a copy of them to update.
+    Returns how many moved (their positions, in order, lead ``moved``).
+    """
+    count = 0
+    for j in range(suspects.shape[0]):
+        i = suspects[j]
+        new_labels[i] = found[j]
+        upper[i] = up[j]
+        lower[i] = low[j]
+        if found[j] != labels[i]:
+            moved[count] = i
+            count += 1
+    return count
+
+
+@numba.njit(nogil=True, cache=True)
 def moved_totals(x, weights, rows, old, new, reference64, sums, totals):  # pragma: no cover
     """Add the moves of ``rows`` (labels ``old`` -> ``new``) to a cluster's sums and weights.
 
