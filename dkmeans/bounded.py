@@ -490,21 +490,19 @@ def reassign(
 ) -> tuple[ActiveRows, Moves]:
     """Active rows' exact labels at ``centers``, which moved by ``step`` since the last pass.
 
-    ``other[a]`` is the largest step of a center other than a (:func:`_largest_other`).
-
-    Hamerly's test (:func:`dkmeans.kernel.hamerly_filter`) keeps the label of
-    nearly every row; the rest are assigned exactly, all together on a
-    compact tile. Returns the rows with their new labels and bounds, and the
-    changes of the totals (at the reference centers) that the moves make.
+    Hamerly's test (:func:`dkmeans.kernel.hamerly_filter`; ``other[a]``, the
+    largest step of a center other than a, from :func:`_largest_other`) keeps
+    the label of nearly every row; the rest are assigned exactly, all
+    together on a compact tile. Returns the rows with their new labels and
+    bounds, and the changes of the totals (at the reference centers) that
+    the moves make.
     """
     labels = active.labels
     k, d = centers.values.shape
     new_labels, upper, lower = labels, active.upper, active.lower
-    if active.stale:  # bounds older than the labels: every row a suspect
-        suspects, count = np.arange(len(labels), dtype=np.int32), len(labels)
-    else:  # new bound arrays: the old stay as they were (a snapshot's)
-        upper, lower = np.empty_like(upper), np.empty_like(lower)
-        suspects = np.empty(len(labels), dtype=np.int32)
+    suspects, count = np.empty(len(labels), dtype=np.int32), len(labels)
+    if not active.stale:  # (stale: bounds older than the labels, every row a suspect)
+        upper, lower = np.empty_like(upper), np.empty_like(lower)  # the old stay a snapshot's
         count = kernel.hamerly_filter(
             active.x,
             labels,

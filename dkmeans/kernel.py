@@ -14,7 +14,9 @@ index: the same whatever the BLAS, the CPU or the chunking.
    the centers, in the data's dtype, and a compiled loop takes each row's
    best and second-best score ``s_j = ||c_j||² - 2 x·c_j`` (``||x||²`` does
    not change the order). With the rows' previous labels as hints (a Lloyd
-   pass), the second best costs next to nothing where the label holds.
+   pass), the second best costs next to nothing where the label holds; where
+   only labels are wanted, a count of the centers not clearly behind the
+   hint certifies it without either score (:func:`_hints_hold`).
 2. Certificate. Every computed score is within
    ``E(x) = 2.1 u (cmax² + (d + 2) ||x|| cmax) + 2 (d + 2) λ`` of the exact
    one (:func:`_score_error`): a dot product of length d computed in any
