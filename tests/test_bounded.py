@@ -370,8 +370,8 @@ def test_a_run_settles_before_hamerlys_test(overlapping, zarr_data):
     threshold = bounded.SETTLED_CHANGES * n
     calm = next(i for i, r in enumerate(history) if r["labels_changed"] < threshold)
     assert calm > 3  # the test's point: a fit that takes a while to settle
-    assert [r["pass"] for r in history[:2]] == ["full", "full"]  # the second: every row active
-    assert all(r["pass"] == "active" and r["rows_assigned"] == n for r in history[2 : calm + 2])
+    assert history[0]["pass"] == "full"  # every row active: they all fit in the store
+    assert all(r["pass"] == "active" and r["rows_assigned"] == n for r in history[1 : calm + 2])
     assert history[calm + 2]["pass"] == "full"
     late = history[calm + 3 :]
     assert late and sum(r["rows_assigned"] for r in late) < 0.2 * n * len(late)
@@ -450,7 +450,7 @@ def test_a_killed_bounded_fit_resumes_to_the_same_result(
     monkeypatch.setattr(checkpoint.Checkpoint, "save", original)
     # Saved at the start, before every full pass after the first, and at the end.
     full = [r["iteration"] - 1 for r in reference_fit.history_ if r["pass"] == "full"]
-    assert saved_at[1:-1] == full[1:] and len(full) > 2
+    assert saved_at[1:-1] == full[1:] and len(full) >= 2  # one save, at least, mid-fit
     for call in (2, len(saved_at) // 2, len(saved_at) - 1):
         calls = []
 
