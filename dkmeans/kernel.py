@@ -1048,6 +1048,10 @@ def hamerly_filter(x, labels, bounds, step, other, centers64, moved, suspects): 
     label; for the others ``upper`` is tightened to the directly computed
     distance, and those still not certain are written to ``suspects``.
     Returns their count.
+
+    In two loops: the first, over every row, has no branch to mispredict on
+    rows near a boundary (the active rows are those); the second computes
+    distances for only the rows it collected.
     """
     n, d = x.shape
     upper, lower = bounds
@@ -1059,15 +1063,19 @@ def hamerly_filter(x, labels, bounds, step, other, centers64, moved, suspects): 
         a = labels[i]
         up = (upper[i] + step[a]) * (1.0 + 4.0 * _U64)
         low = max((lower[i] - other[a]) * (1.0 - 4.0 * _U64), 0.0)
-        if not up < low:
-            own_sq = _bound_sqdist(x[i], centers64[a])
-            up = np.sqrt(own_sq * (1.0 + relative) + absolute) * (1.0 + 2.0 * _U64)
-            if not up < low:
-                suspects[count] = i
-                count += 1
         new_upper[i] = up
         new_lower[i] = low
-    return count
+        suspects[count] = i  # kept only where the test fails
+        count += not up < low
+    kept = 0
+    for j in range(count):
+        i = suspects[j]
+        own_sq = _bound_sqdist(x[i], centers64[labels[i]])
+        up = np.sqrt(own_sq * (1.0 + relative) + absolute) * (1.0 + 2.0 * _U64)
+        new_upper[i] = up
+        suspects[kept] = i
+        kept += not up < new_lower[i]
+    return kept
 
 
 @numba.njit(nogil=True, cache=True)
