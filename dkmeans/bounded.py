@@ -752,26 +752,20 @@ class BoundedRuns:
             runs,
             states,
             active_block,
-            rebase=False,
             steps=steps,
             others=[_largest_other(step) for step in steps],
         )
 
     def settling(self, runs: list[int], states: list[LloydState]) -> list:
         """A settling pass for ``runs`` (every row active): each run's totals, or None."""
-        return self._moving_pass(
-            runs, states, settling_block, rebase=True, norm_bound=self.norm_bound
-        )
+        return self._moving_pass(runs, states, settling_block, norm_bound=self.norm_bound)
 
-    def _moving_pass(self, runs, states, block_function, rebase: bool, **kwargs) -> list:
+    def _moving_pass(self, runs, states, block_function, **kwargs) -> list:
         """A pass of ``block_function`` over the active stores, which reports :class:`Moves`.
 
         Each run's totals follow from its reference's and the moves. A run
         left with an empty cluster gets None, its store as before the pass:
-        re-seeding needs the farthest rows of all X, a full pass. ``rebase``
-        (only where no row is frozen, whose slacks are from the reference
-        centers): the totals move to the pass's centers, so that the next
-        pass's objective follows from one step, not from the fit's whole journey.
+        re-seeding needs the farthest rows of all X, a full pass.
         """
         snapshots = [self.active_stores[run].snapshot() for run in runs]
         X = self.X
@@ -802,7 +796,9 @@ class BoundedRuns:
             objective = reference.objective_at(
                 centers, reference.sums, reference.weights, reference.objective
             )
-            if rebase:
+            if block_function is settling_block:
+                # No row is frozen: the totals move to these centers, so the next
+                # pass's objective follows from a step, not the fit's whole journey.
                 reference.centers, reference.objective = centers.astype(np.float64), objective
             plan.last_centers, plan.patch = centers, True
             if moves.histogram is not None:  # the first active pass after settling
