@@ -824,11 +824,22 @@ class _Tiles:
         return _accumulate(tile, labels, hint, self.centers64, weights, self.block)
 
 
-def _label_block(x: np.ndarray, centers: np.ndarray, label_dtype: DTypeLike) -> tuple:
-    """Exact labels of a block (C-contiguous): (labels, the tiles' constants)."""
+def _label_block(
+    x: np.ndarray,
+    centers: np.ndarray | Centers,
+    label_dtype: DTypeLike,
+    hint: np.ndarray | None = None,
+    norm_bound: float | None = None,
+) -> tuple:
+    """Exact labels of a block (C-contiguous): (labels, the tiles' constants).
+
+    ``hint`` (the rows' previous labels) makes the fast path cheaper where
+    they still hold; the labels do not depend on it, nor on ``norm_bound``.
+    """
     tiles = _Tiles(x, centers, with_stats=False)
     labels = np.empty(len(x), dtype=label_dtype)
-    tiles.run(x, labels, np.empty(0, dtype=label_dtype), np.empty(0))
+    hint = np.empty(0, dtype=label_dtype) if hint is None else hint.astype(label_dtype, copy=False)
+    tiles.run(x, labels, hint, np.empty(0), norm_bound)
     return labels, tiles
 
 
@@ -970,6 +981,18 @@ def block_stats(
 
 
 # -- for the bounded Lloyd (dkmeans.bounded): compact rows, bounds, slack --------------------
+
+
+def relabel(
+    x: np.ndarray, centers: Centers, hint: np.ndarray, norm_bound: float | None = None
+) -> np.ndarray:
+    """Exact labels of rows (C-contiguous) whose previous labels were ``hint``, in its dtype.
+
+    Labels only, no statistics: where the hints still hold (most rows, once a
+    fit has begun to settle) the fast path only checks them.
+    """
+    labels, _ = _label_block(x, centers, hint.dtype, hint, norm_bound)
+    return labels
 
 
 def assign_with_bounds(

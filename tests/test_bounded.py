@@ -280,8 +280,10 @@ def test_dropping_the_drift_check_is_caught():
         assert_same_iterations(plain, mutant, X.dtype)
 
 
-def test_a_cluster_emptied_in_an_active_pass_is_reseeded_by_a_full_pass():
-    """Empty clusters need the farthest rows of all X: the active pass gives way to a full one."""
+@pytest.mark.parametrize("settle", [False, True], ids=["active", "settling"])
+def test_a_cluster_emptied_in_an_active_pass_is_reseeded_by_a_full_pass(settle):
+    """Empty clusters need the farthest rows of all X: the active (or settling) pass gives
+    way to a full one."""
     rng = np.random.default_rng(1)  # k large for n, most rows of zero weight: clusters empty
     X = rng.normal(size=(60, 2)) * rng.uniform(0.5, 3, (60, 1))
     weights = rng.uniform(0, 2, 60) * (rng.random(60) > 0.7)
@@ -296,7 +298,14 @@ def test_a_cluster_emptied_in_an_active_pass_is_reseeded_by_a_full_pass():
     dX, dw = da.from_array(X, chunks=(20, -1)), da.from_array(weights, chunks=20)
     with mock.patch.object(bounded.ActiveStore, "restore", counted):
         plain, fast = run_both(
-            dX, init, weights=dw, margin="every row", max_active=1.0, max_iter=60, tol=0
+            dX,
+            init,
+            weights=dw,
+            margin="every row",
+            max_active=1.0,
+            settle=settle,
+            max_iter=60,
+            tol=0,
         )
     assert_same_iterations(plain, fast, X.dtype)
     assert fallbacks and sum(r["reseeded"] for r in fast[0][0].history[1:]) >= len(fallbacks)

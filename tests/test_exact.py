@@ -42,6 +42,11 @@ def exact_labels_of_block(X, centers, hint_kind, seed):
         ),
     }[hint_kind]
     _, labels = kernel.block_stats(X, centers, prev_labels=hint, label_dtype=np.int16)
+    if hint is not None:  # labels only (a settling pass's), from the same hint
+        prepared = kernel.prepare(centers, X.dtype)
+        relabelled = kernel.relabel(np.ascontiguousarray(X), prepared, hint.astype(np.int16))
+        np.testing.assert_array_equal(relabelled, exact)
+        assert relabelled.dtype == np.int16
     return labels, exact
 
 
