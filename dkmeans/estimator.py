@@ -158,7 +158,9 @@ class KMeans:
     tol : float, default=1e-4
         Stop when the total squared shift of the centers in one iteration is
         at most ``tol`` times the mean variance of the features
-        (scikit-learn's meaning). The fit also stops when no label changes.
+        (scikit-learn's meaning). The fit also stops when no label changes;
+        ``tol=0`` stops only there (scikit-learn also stops on a shift of
+        exactly 0, which can happen while labels still change).
     algorithm : {"auto", "lloyd", "bounded"}, default="auto"
         "lloyd": every iteration reads and assigns every row. "bounded": the
         same labels every iteration (so the same iterations and stop), but

@@ -1119,10 +1119,11 @@ def moved_totals(x, weights, rows, old, new, reference64, sums, totals):  # prag
 
     Rows in order, element-wise over the features. Returns the change of
     ``Σ w ||x - c0_label||²`` (``reference64``: the centers c0), each row's
-    squared distances summed over its features in order.
+    squared distances summed over its features in order, and the size of the
+    terms it cancelled, ``Σ w (||x - c0_old||² + ||x - c0_new||²)``.
     """
     weighted = weights.shape[0] == x.shape[0]
-    change = 0.0
+    change, size = 0.0, 0.0
     for i in rows:
         a, b = old[i], new[i]
         if a == b:
@@ -1134,8 +1135,11 @@ def moved_totals(x, weights, rows, old, new, reference64, sums, totals):  # prag
             sums[b, f] += value
         totals[a] -= w
         totals[b] += w
-        change += w * (_direct_sqdist(x[i], reference64[b]) - _direct_sqdist(x[i], reference64[a]))
-    return change
+        leaving = _direct_sqdist(x[i], reference64[a])
+        joining = _direct_sqdist(x[i], reference64[b])
+        change += w * (joining - leaving)
+        size += w * (joining + leaving)
+    return change, size
 
 
 SLACK_BINS = 2048  # histogram bins of slack: 0 for slack <= 0, then by binary exponent

@@ -16,8 +16,8 @@ One iteration (:func:`lloyd_pass`) is one :func:`dkmeans.passes.map_reduce`:
 
 The loop (:func:`lloyd_runs`) stops at an exact fixed point (no label
 changed), when the total squared center shift is at most ``tol`` times the
-mean feature variance (scikit-learn's meaning of ``tol``), or after
-``max_iter`` passes. After a stop that is not a fixed point, one more
+mean feature variance (scikit-learn's meaning of ``tol``; ``tol=0`` runs to
+the fixed point), or after ``max_iter`` passes. After a stop that is not a fixed point, one more
 assignment pass makes the labels consistent with the final centers, as
 scikit-learn does.
 
@@ -374,7 +374,7 @@ def lloyd_runs(
         Largest number of Lloyd iterations.
     tol : float
         Stop when the total squared center shift is at most ``tol`` times
-        the mean variance of the features.
+        the mean variance of the features; 0 runs to the fixed point.
     split_every : int
         Fan-in of the reduction tree.
     on_iteration : callable, optional
@@ -569,7 +569,11 @@ def _iterate(
         state.stop_reason = FIXED_POINT
         if state.exact_final:
             state.keep_final(totals)  # these labels are final
-    elif shift <= state.tol_abs:
+    elif state.tol_abs > 0 and shift <= state.tol_abs:
+        # With tol = 0 only a fixed point stops: a shift of exactly 0 while labels
+        # change (after a re-seeding, or moves of zero-weight rows) is a matter of
+        # rounding, on which "bounded" could part from "lloyd"; the pass it saves
+        # would be spent making the labels final anyway.
         state.stop_reason = TOL
     elif state.n_iter >= max_iter:
         state.stop_reason = MAX_ITER

@@ -121,12 +121,16 @@ def test_results_agree_across_chunkings(cuts, split_every):
     assert ours.n_iter_ == whole.n_iter_
 
 
-def test_empty_cluster_is_reseeded_with_the_farthest_point():
+@pytest.mark.parametrize("algorithm", ["lloyd", "bounded"])
+def test_empty_cluster_is_reseeded_with_the_farthest_point(algorithm):
     # Two tight groups and a far outlier; one initial center sits where no point
-    # is nearest to it, so its cluster is empty after the first assignment.
+    # is nearest to it, so its cluster is empty after the first assignment. The
+    # re-seeding moves the outlier's center already, so the next step changes a
+    # label but moves the centers only by rounding (or not at all): with tol=0
+    # that is no stop, for either algorithm.
     X = np.array([[0.0, 0], [0.1, 0], [0, 0.1], [10, 10], [10.1, 10], [50, 50]])
     init = np.array([[0.0, 0.0], [10.0, 10.0], [-100.0, -100.0]])
-    model = KMeans(3, init=init, tol=0).fit(X)
+    model = KMeans(3, init=init, tol=0, algorithm=algorithm).fit(X)
     assert model.history_[0]["reseeded"] == 1
     # The outlier (farthest from its center) now forms its own cluster.
     np.testing.assert_allclose(model.cluster_centers_[2], [50, 50])
@@ -134,6 +138,19 @@ def test_empty_cluster_is_reseeded_with_the_farthest_point():
     assert labels[5] == 2 and len(set(labels[:3])) == 1 and len(set(labels[3:5])) == 1
     assert model.stop_reason_ == FIXED_POINT
     _check_lloyd_invariants(model, X)
+
+
+@pytest.mark.parametrize("algorithm", ["lloyd", "bounded"])
+def test_tol_zero_runs_to_the_fixed_point_past_a_step_that_moves_no_center(algorithm):
+    # The zero-weight row at 4.9 joins center 1 (at 4), which then moves to 10; next
+    # it goes back to center 0: a label changed, no center moved. That is no stop.
+    X = np.array([[0.0], [10.0], [4.9]])
+    model = KMeans(2, init=np.array([[0.0], [4.0]]), tol=0, algorithm=algorithm)
+    model.fit(X, sample_weight=np.array([1.0, 1.0, 0.0]))
+    changes = [(r["labels_changed"], r["center_shift"]) for r in model.history_]
+    assert changes == [(3, 36.0), (1, 0.0), (0, 0.0)]
+    assert model.stop_reason_ == FIXED_POINT and model.n_iter_ == 3
+    np.testing.assert_array_equal(model.labels_.compute(), [0, 1, 0])
 
 
 def test_reseeding_matches_sklearn():
