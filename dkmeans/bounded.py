@@ -63,11 +63,19 @@ Lloyd pass's kernel), reading no X and leaving the bounds stale
 (:func:`settling_block`). Their totals are an active pass's: the rows that
 changed label move them; each settling pass then takes its own centers as
 the reference (no row is frozen), so the objective follows from one step's
-correction, not from the fit's whole journey. The first pass after them assigns every row and
-bounds it afresh, with its slacks' histogram, and a full pass then plans the
-margin from them (``RunPlan.replan``): the store keeps only the rows near a
-boundary from there on. The schedule depends on the labels changed, so on
-the data and centers only, not on where X is stored.
+correction, not from the fit's whole journey. The first pass after them
+assigns every row and bounds it afresh, with its slacks' histogram, and a
+full pass then plans the margin from them (``RunPlan.replan``): the store
+keeps only the rows near a boundary from there on. The schedule depends on
+the labels changed, so on the data and centers only, not on where X is stored.
+
+**Moving totals, exact to rounding.** Active and settling passes keep the
+totals by the moves of the rows that changed label; their sums are grouped
+otherwise than a fresh pass's (centers equal to rounding), and the running
+objective cancels the terms of the rows that moved. It keeps an estimate of
+that rounding (:attr:`Reference.error`); where it could reach
+:data:`OBJECTIVE_RTOL` of the objective (an outlier leaving a distant
+center), the pass gives way to a full pass, which sums afresh.
 
 **The margin.** M is chosen before each full pass (:func:`choose_margin`)
 from the previous full pass's histogram of slacks (by binary exponent), the
@@ -786,10 +794,10 @@ class BoundedRuns:
         Each run's totals follow from its reference's and the moves. A run
         left with an empty cluster gets None, its store as before the pass:
         re-seeding needs the farthest rows of all X, a full pass; so does a
-        run whose objective could carry rounding beyond ``OBJECTIVE_RTOL``. ``rebase``
-        (only where no row is frozen, whose slacks are from the reference
-        centers): the totals move to the pass's centers, so that the next
-        pass's objective follows from one step, not from the fit's whole journey.
+        run whose objective could carry rounding beyond ``OBJECTIVE_RTOL``.
+        ``rebase`` (only where no row is frozen, whose slacks are from the
+        reference centers): the totals move to the pass's centers, so that the
+        next pass's objective follows from one step, not the fit's whole journey.
         """
         snapshots = [self.active_stores[run].snapshot() for run in runs]
         X = self.X
