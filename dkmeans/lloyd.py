@@ -17,9 +17,9 @@ One iteration (:func:`lloyd_pass`) is one :func:`dkmeans.passes.map_reduce`:
 The loop (:func:`lloyd_runs`) stops at an exact fixed point (no label
 changed), when the total squared center shift is at most ``tol`` times the
 mean feature variance (scikit-learn's meaning of ``tol``; ``tol=0`` runs to
-the fixed point), or after ``max_iter`` passes. After a stop that is not a fixed point, one more
-assignment pass makes the labels consistent with the final centers, as
-scikit-learn does.
+the fixed point), or after ``max_iter`` passes. After a stop that is not a
+fixed point, one more assignment pass makes the labels consistent with the
+final centers, as scikit-learn does.
 
 With ``algorithm="bounded"`` the loop is :func:`dkmeans.bounded.bounded_runs`:
 the same iterations, and the same update and stop (:func:`_after_pass`), but
