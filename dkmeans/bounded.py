@@ -64,10 +64,15 @@ Lloyd pass's kernel), reading no X and leaving the bounds stale
 changed label move them; each settling pass then takes its own centers as
 the reference (no row is frozen), so the objective follows from one step's
 correction, not from the fit's whole journey. The first pass after them
-assigns every row and bounds it afresh, with its slacks' histogram, and a
-full pass then plans the margin from them (``RunPlan.replan``): the store
-keeps only the rows near a boundary from there on. The schedule depends on
-the labels changed, so on the data and centers only, not on where X is stored.
+assigns every row and bounds it afresh, with its slacks' histogram; the next,
+a **trimming pass** (``RunPlan.replan``, :func:`trim_block`), is an active
+pass on every row that then splits them as a full pass would, by the margin
+planned from that histogram, at its own centers (nothing was frozen before):
+the store keeps only the rows near a boundary from there on, and X is not
+read again until the drifts call for a full pass (a full pass in its place
+cost 55 ms, the trimming pass 12 ms, on 2M x 16 blobs in memory). The
+schedule depends on the labels changed, so on the data and centers only,
+not on where X is stored.
 
 **Moving totals, exact to rounding.** Active and settling passes keep the
 totals by the moves of the rows that changed label; their sums are grouped
@@ -77,16 +82,17 @@ that rounding (:attr:`Reference.error`); where it could reach
 :data:`OBJECTIVE_RTOL` of the objective (an outlier leaving a distant
 center), the pass gives way to a full pass, which sums afresh.
 
-**The margin.** M is chosen before each full pass (:func:`choose_margin`)
-from the previous full pass's histogram of slacks (by binary exponent), the
-centers' last step δ and how fast the steps shrink: a set of margin M lasts
-the L iterations over which twice the predicted drift stays below M and
-costs ``ACTIVE_ROW_COST`` per active row and iteration, so M minimises
-``(n + L c m(M)) / (L + 1)`` over the powers of two and infinity; no active
-set where none beats plain passes. The first pass has no histogram yet: it
-makes every row active where they all fit in the store (the settling passes
-that follow need every row; planning that at a second full pass cost 4-8% of
-a default fit to tol on 2M x 16 blobs, in memory), none otherwise.
+**The margin.** M is chosen before each split, a full or trimming pass
+(:func:`choose_margin`), from the previous split's histogram of slacks (by
+binary exponent), the centers' last step δ and how fast the steps shrink: a
+set of margin M lasts the L iterations over which twice the predicted drift
+stays below M and costs ``ACTIVE_ROW_COST`` per active row and iteration, so
+M minimises ``(n + L c m(M)) / (L + 1)`` over the powers of two and
+infinity; no active set where none beats plain passes. The first pass has
+no histogram yet: it makes every row active where they all fit in the store
+(the settling passes that follow need every row; planning that at a second
+full pass cost 4-8% of a default fit to tol on 2M x 16 blobs, in memory),
+none otherwise.
 
 **Cosine.** With ``metric="cosine"`` X is the view of its unit rows
 (:func:`dkmeans.inputs.unit_rows`) and the centers are unit vectors
@@ -98,6 +104,8 @@ which rows active) depends on the data and centers only, so results are
 bitwise the same under every scheduler and worker count. A fit is saved
 (``on_pass``) where every run's next pass is a full one, with the margin
 that pass will use; continuing repeats that pass and everything after it.
+(A fit whose rows all fit in the store may make no full pass after its
+first: it is saved at its start, its end and its later full passes only.)
 """
 
 from __future__ import annotations
@@ -202,11 +210,14 @@ class Moves:
     members: np.ndarray  # (k,) int64: change of the rows of positive weight in each cluster
     # The rows' slacks (as Split.histogram), where every row was bounded afresh (stale bounds)
     histogram: np.ndarray | None = None
+    split: Split | None = None  # a trimming pass's split of the rows it kept (trim_block)
 
     def merge(self, other: Moves) -> Moves:
-        histogram = None
+        histogram = split = None
         if self.histogram is not None and other.histogram is not None:
             histogram = self.histogram + other.histogram
+        if self.split is not None and other.split is not None:
+            split = self.split.merge(other.split)
         return Moves(
             self.sums + other.sums,
             self.weights + other.weights,
@@ -216,6 +227,7 @@ class Moves:
             self.assigned + other.assigned,
             self.members + other.members,
             histogram,
+            split,
         )
 
 
@@ -281,10 +293,10 @@ class RunPlan:
     """The bounded loop's own state of one run, beside its :class:`~dkmeans.lloyd.LloydState`."""
 
     reference: Reference | None = None  # None: the next pass is a full one
-    histogram: np.ndarray | None = None  # slacks at the last full pass
+    histogram: np.ndarray | None = None  # slacks at the last split (full or trimming pass)
     last_centers: np.ndarray | None = None  # the centers of the latest pass
     patch: bool = False  # active labels not yet written to the label store
-    replan: bool = False  # the run has settled: a full pass next, its margin planned afresh
+    replan: bool = False  # the run has settled: a trimming pass next, its margin planned afresh
     margin_decided: bool = False  # is the state's next_margin that of the coming full pass?
 
 
@@ -310,7 +322,7 @@ def _largest_other(steps: np.ndarray) -> np.ndarray:
 class MarginInputs:
     """What the margin rule sees before a full pass: all of it restored on resume."""
 
-    histogram: np.ndarray | None  # slacks at the run's previous full pass (None: none yet)
+    histogram: np.ndarray | None  # at the run's last split (None: none yet)
     step: float  # the largest step of a center in the run's last iteration
     decay: float  # the ratio of the last two steps (from the history's center shifts)
     n_rows: int
@@ -508,6 +520,51 @@ def active_block(
             active_state.read().item(), centers[run], steps[run], others[run], references[run]
         )
         active_state.write(passes.as_element(new))
+        results.append(moves)
+    return results
+
+
+def trim_block(
+    block: Block,
+    _rows: np.ndarray,
+    *,
+    states: list[BlockState],
+    centers: list[kernel.Centers],
+    steps: list[np.ndarray],
+    others: list[np.ndarray],
+    references: list[np.ndarray],
+    margins: list[float | None],
+    max_active: float,
+) -> list[Moves]:
+    """A trimming pass's block: an active pass's (:func:`active_block`), then a split.
+
+    For runs whose active rows are every row, bounded afresh (the pass after
+    settling): each run's rows are reassigned, their labels written to its
+    label store, and only those of slack at most its margin kept, as a full
+    pass would split them (:func:`_split_block`). ``states`` are each run's
+    label store and active store, in turn. Reads no row of X.
+    """
+    results = []
+    pairs = zip(states[0::2], states[1::2], strict=True)
+    for run, (label_state, active_state) in enumerate(pairs):
+        active, moves = reassign(
+            active_state.read().item(), centers[run], steps[run], others[run], references[run]
+        )
+        labels = np.array(label_state.read())
+        labels[active.rows] = active.labels
+        label_state.write(labels)
+        kept, moves.split = _split_block(
+            active.x,
+            active.weights,
+            active.labels,
+            active.upper,
+            active.lower,
+            centers[run],
+            margins[run],
+            max_active,
+        )
+        kept.rows = active.rows[kept.rows]
+        active_state.write(passes.as_element(kept))
         results.append(moves)
     return results
 
@@ -721,19 +778,21 @@ class BoundedRuns:
 
     def decide_margins(self, runs: list[int], states: list[LloydState]) -> None:
         """The margin of each run's coming full pass, into its state (unless decided already)."""
-        n = self.X.shape[0]
         for run in runs:
-            plan = self.plans[run]
-            if plan.margin_decided:
-                continue
-            step = 0.0
-            if plan.last_centers is not None:
-                step = float(np.max(center_steps(plan.last_centers, states[run].centers)))
-            inputs = MarginInputs(
-                plan.histogram, step, _decay(states[run].history), n, int(self.max_active * n)
-            )
-            states[run].next_margin = self.margin_rule(inputs)
-            plan.margin_decided = True
+            if not self.plans[run].margin_decided:
+                states[run].next_margin = self._margin(run, states[run])
+                self.plans[run].margin_decided = True
+
+    def _margin(self, run: int, state: LloydState) -> float | None:
+        """The margin rule's margin for the run's next split, from its latest slacks."""
+        plan, n = self.plans[run], self.X.shape[0]
+        step = 0.0
+        if plan.last_centers is not None:
+            step = float(np.max(center_steps(plan.last_centers, state.centers)))
+        inputs = MarginInputs(
+            plan.histogram, step, _decay(state.history), n, int(self.max_active * n)
+        )
+        return self.margin_rule(inputs)
 
     def full(self, runs: list[int], states: list[LloydState], first_pass: bool) -> list:
         """A full pass for ``runs``: each run's totals, and its frozen rows' totals kept."""
@@ -772,15 +831,37 @@ class BoundedRuns:
 
     def active(self, runs: list[int], states: list[LloydState]) -> list:
         """An active pass for ``runs``: each run's totals, or None where a full pass is needed."""
-        steps = [center_steps(self.plans[run].last_centers, states[run].centers) for run in runs]
+        return self._moving_pass(
+            runs, states, active_block, rebase=False, **self._steps(runs, states)
+        )
+
+    def trim(self, runs: list[int], states: list[LloydState]) -> list:
+        """A trimming pass for ``runs``, just settled: an active pass, then the rows split.
+
+        Every row is active, bounded afresh by the pass after settling; this
+        pass keeps those of slack at most the margin planned from their slacks
+        (as a full pass splits, without reading X), the others frozen from here
+        on, at the pass's centers (``rebase``: nothing was frozen before).
+        """
+        stores = [InPlace(self.label_stores[run]) for run in runs]
         return self._moving_pass(
             runs,
             states,
-            active_block,
-            rebase=False,
-            steps=steps,
-            others=[_largest_other(step) for step in steps],
+            trim_block,
+            rebase=True,
+            stores=[s for pair in zip(stores, self._active(runs), strict=True) for s in pair],
+            margins=[self._margin(run, states[run]) for run in runs],
+            max_active=self.max_active,
+            **self._steps(runs, states),
         )
+
+    def _steps(self, runs: list[int], states: list[LloydState]) -> dict:
+        """Each run's centers' steps since its last pass, and the largest other (Hamerly)."""
+        steps = [center_steps(self.plans[run].last_centers, states[run].centers) for run in runs]
+        return {"steps": steps, "others": [_largest_other(step) for step in steps]}
+
+    def _active(self, runs: list[int]) -> list[ActiveStore]:
+        return [self.active_stores[run] for run in runs]
 
     def settling(self, runs: list[int], states: list[LloydState]) -> list:
         """A settling pass for ``runs`` (every row active): each run's totals, or None."""
@@ -788,7 +869,9 @@ class BoundedRuns:
             runs, states, settling_block, rebase=True, norm_bound=self.norm_bound
         )
 
-    def _moving_pass(self, runs, states, block_function, rebase: bool, **kwargs) -> list:
+    def _moving_pass(
+        self, runs, states, block_function, rebase: bool, stores=None, **kwargs
+    ) -> list:
         """A pass of ``block_function`` over the active stores, which reports :class:`Moves`.
 
         Each run's totals follow from its reference's and the moves. A run
@@ -798,15 +881,16 @@ class BoundedRuns:
         ``rebase`` (only where no row is frozen, whose slacks are from the
         reference centers): the totals move to the pass's centers, so that the
         next pass's objective follows from one step, not the fit's whole journey.
+        ``stores``: the stores the tasks see (default: the runs' active stores).
         """
-        snapshots = [self.active_stores[run].snapshot() for run in runs]
+        snapshots = [store.snapshot() for store in self._active(runs)]
         X = self.X
         results = passes.map_reduce(
             block_function,
             [self.row_blocks()],
             combine=passes.per_run(_merge),
             split_every=self.split_every,
-            states=[self.active_stores[run] for run in runs],
+            states=self._active(runs) if stores is None else stores,
             retries=self.retries,
             centers=[kernel.prepare(states[run].centers, X.dtype) for run in runs],
             references=[self.plans[run].reference.centers for run in runs],
@@ -843,6 +927,11 @@ class BoundedRuns:
             plan.last_centers, plan.patch = centers, True
             if moves.histogram is not None:  # the first active pass after settling
                 plan.histogram, plan.replan = moves.histogram, True
+            rows_read = reference.n_active
+            if moves.split is not None:  # a trimming pass: the rows kept, the others frozen
+                reference.least_slack = moves.split.least_slack
+                reference.n_active = moves.split.n_active
+                plan.histogram, plan.replan = moves.split.histogram, False
             run_totals = ChunkStats(
                 sums=reference.sums,
                 weights=reference.weights,
@@ -852,7 +941,7 @@ class BoundedRuns:
             )
             record = {
                 "pass": ACTIVE,
-                "rows_read": reference.n_active,
+                "rows_read": rows_read,
                 "rows_assigned": moves.assigned,
             }
             totals.append((run_totals, record))
@@ -923,8 +1012,10 @@ def bounded_runs(
         found: dict[int, tuple] = {}
         active = [run for run in running if run not in full]
         settling = [run for run in active if _settling(loop.plans[run], states[run], n_rows)]
-        active = [run for run in active if run not in settling]
-        for some, make_pass in ((settling, loop.settling), (active, loop.active)):
+        trimming = [run for run in active if run not in settling and loop.plans[run].replan]
+        active = [run for run in active if run not in settling + trimming]
+        passes_made = ((settling, loop.settling), (trimming, loop.trim), (active, loop.active))
+        for some, make_pass in passes_made:
             if not some:
                 continue
             for run, result in zip(some, make_pass(some, states), strict=True):
@@ -980,12 +1071,11 @@ def _settling(plan: RunPlan, state: LloydState, n_rows: int) -> bool:
 
 
 def _can_skip(plan: RunPlan, state: LloydState) -> bool:
-    """Can the run's next pass be an active (or settling) one? (Nothing frozen can change.)
+    """Can the run's next pass be an active (settling, trimming) one? (Nothing frozen can change.)
 
-    Not when the run has just settled (``replan``: a full pass plans the
-    margin from the slacks of that moment). Not asked is whether an active
-    pass pays: early in a fit that is what settling passes are for.
+    Not asked is whether an active pass pays: early in a fit that is what
+    settling passes are for.
     """
-    if plan.reference is None or plan.replan:
+    if plan.reference is None:
         return False
     return plan.reference.still_frozen(state.centers)
