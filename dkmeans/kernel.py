@@ -691,6 +691,9 @@ class Centers:
     """Centers with what every block's kernel needs of them, computed once (:func:`prepare`)."""
 
     values: np.ndarray  # (k, d), in X's dtype, C-contiguous
+    # (d, k), C-contiguous: OpenBLAS forms tile @ transposed faster than tile @ values.T
+    # (float32, one thread: 2.7x at d=3, k=16; 3-4% at d=8..32; Xeon, 2026-12-05)
+    transposed: np.ndarray
     values64: np.ndarray  # (k, d) float64, exactly the same values
     squared_norms: np.ndarray  # (k,) ||c||² computed accurately, rounded to X's dtype
     error: tuple[float, float]  # (a, b): every score's error is at most a + b ||x||
@@ -709,6 +712,7 @@ def prepare(centers: np.ndarray, dtype: DTypeLike) -> Centers:
     k, d = values.shape
     return Centers(
         values=values,
+        transposed=np.ascontiguousarray(values.T),
         values64=values64,
         squared_norms=squared_norms,
         error=_score_error(dtype, d, values64),
@@ -730,6 +734,7 @@ class _Tiles:
             centers = prepare(centers.values if isinstance(centers, Centers) else centers, x.dtype)
         k = len(centers.values)
         self.centers = centers.values
+        self.centers_t = centers.transposed
         self.centers64 = centers.values64
         self.centers_sq = centers.squared_norms
         self.bound = centers.error
@@ -771,7 +776,7 @@ class _Tiles:
                 m, tile = stop - start, x[start:stop]
                 if self.by_row:  # BLAS on a cache-sized tile, in the orientation chosen
                     dots = self.dots[: k * m].reshape(m, k)
-                    np.matmul(tile, self.centers.T, out=dots)
+                    np.matmul(tile, self.centers_t, out=dots)
                 else:
                     dots = self.dots[: k * m].reshape(k, m)
                     np.matmul(self.centers, tile.T, out=dots)
