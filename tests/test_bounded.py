@@ -306,6 +306,31 @@ def test_a_cluster_emptied_in_an_active_pass_is_reseeded_by_a_full_pass(settle):
     assert fallbacks and sum(r["reseeded"] for r in fast[0][0].history[1:]) >= len(fallbacks)
 
 
+def test_a_trimming_pass_that_gives_way_leaves_the_labels_as_they_were():
+    """A trimming pass writes every row's label to the label store, then keeps only some
+    rows; where it gives way to a full pass (an empty cluster, the objective's rounding),
+    that full pass must start from the labels before it: plain Lloyd's iterations still."""
+    X, _ = make_blobs(6_000, n_features=3, centers=6, cluster_std=3.0, random_state=2)
+    dX = da.from_array(X, chunks=(1_500, -1))
+    init = [X[np.random.default_rng(3).choice(len(X), 6, replace=False)]]
+    trim, gave_way = bounded.BoundedRuns.trim, []
+
+    def giving_way(self, runs, states):
+        with mock.patch.object(bounded, "OBJECTIVE_RTOL", -1.0):  # every check fails
+            results = trim(self, runs, states)
+        gave_way.extend(result is None for result in results)
+        return results
+
+    with mock.patch.object(bounded.BoundedRuns, "trim", giving_way):
+        plain, fast = run_both(dX, init, max_active=1.0, settle=True, max_iter=200, tol=0)
+    assert_same_iterations(plain, fast, X.dtype)
+    assert gave_way and all(gave_way)
+    history = fast[0][0].history
+    second_full = next(i for i, r in enumerate(history) if i > 0 and r["pass"] == "full")
+    # settling passes, the pass that bounds every row, then a full pass where the trim was
+    assert all(r["rows_assigned"] == len(X) for r in history[:second_full])
+
+
 @pytest.mark.parametrize("settle", [False, True], ids=["active", "settling"])
 def test_an_objective_that_falls_by_orders_is_summed_afresh(settle):
     """The running objective cancels the terms of the rows that moved: where it falls
