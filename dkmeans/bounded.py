@@ -843,13 +843,13 @@ class BoundedRuns:
         (as a full pass splits, without reading X), the others frozen from here
         on, at the pass's centers (``rebase``: nothing was frozen before).
         """
-        stores = [InPlace(self.label_stores[run]) for run in runs]
+        pairs = zip(runs, self._active_stores(runs), strict=True)
         return self._moving_pass(
             runs,
             states,
             trim_block,
             rebase=True,
-            stores=[s for pair in zip(stores, self._active(runs), strict=True) for s in pair],
+            stores=[s for run, active in pairs for s in (InPlace(self.label_stores[run]), active)],
             margins=[self._margin(run, states[run]) for run in runs],
             max_active=self.max_active,
             **self._steps(runs, states),
@@ -860,7 +860,8 @@ class BoundedRuns:
         steps = [center_steps(self.plans[run].last_centers, states[run].centers) for run in runs]
         return {"steps": steps, "others": [_largest_other(step) for step in steps]}
 
-    def _active(self, runs: list[int]) -> list[ActiveStore]:
+    def _active_stores(self, runs: list[int]) -> list[ActiveStore]:
+        """The active stores of ``runs``, in order."""
         return [self.active_stores[run] for run in runs]
 
     def settling(self, runs: list[int], states: list[LloydState]) -> list:
@@ -883,14 +884,14 @@ class BoundedRuns:
         next pass's objective follows from one step, not the fit's whole journey.
         ``stores``: the stores the tasks see (default: the runs' active stores).
         """
-        snapshots = [store.snapshot() for store in self._active(runs)]
+        snapshots = [store.snapshot() for store in self._active_stores(runs)]
         X = self.X
         results = passes.map_reduce(
             block_function,
             [self.row_blocks()],
             combine=passes.per_run(_merge),
             split_every=self.split_every,
-            states=self._active(runs) if stores is None else stores,
+            states=self._active_stores(runs) if stores is None else stores,
             retries=self.retries,
             centers=[kernel.prepare(states[run].centers, X.dtype) for run in runs],
             references=[self.plans[run].reference.centers for run in runs],
