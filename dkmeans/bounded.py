@@ -46,9 +46,10 @@ set lasts): :data:`ACTIVE_MEMORY_BYTES` for all runs of a fit (for each k
 still running in a sweep over k, :func:`dkmeans.sweep`), at most
 :data:`MAX_ACTIVE_FRACTION` of the rows; a row takes its values plus 29
 bytes (position, weight, label, two float64 bounds). Data within the budget
-is thus held whole after the first pass, and read from storage once or
-twice per fit; larger data has its rows nearest to a boundary held, and
-the rest refreshed by full passes. The labels stay in the label store
+is thus held whole after the first pass, and read from storage again only
+at the full passes that the drifts force after the trimming pass; larger
+data has its rows nearest to a boundary held, and the rest refreshed by
+full passes. The labels stay in the label store
 (1-4 bytes a row); active labels are written back to it (in place, a pass
 over the labels only) before every full pass and at the end.
 
