@@ -551,9 +551,7 @@ def trim_block(
         active, moves = reassign(
             active_state.read().item(), centers[run], steps[run], others[run], references[run]
         )
-        labels = np.array(label_state.read())
-        labels[active.rows] = active.labels
-        label_state.write(labels)
+        _write_labels(label_state, active)
         kept, moves.split = _split_block(
             active.x,
             active.weights,
@@ -690,11 +688,15 @@ def patch_block(block: Block, _rows: np.ndarray, *, states: list[BlockState]) ->
     """Write each run's active labels into its label store (states: label, active, ...)."""
     for label_state, active_state in zip(states[0::2], states[1::2], strict=True):
         element = active_state.read()
-        active = element.item()
-        labels = np.array(label_state.read())
-        labels[active.rows] = active.labels
-        label_state.write(labels)
+        _write_labels(label_state, element.item())
         active_state.write(element)
+
+
+def _write_labels(label_state: BlockState, active: ActiveRows) -> None:
+    """The block's labels, with its active rows' labels written over them."""
+    labels = np.array(label_state.read())
+    labels[active.rows] = active.labels
+    label_state.write(labels)
 
 
 def _combine_full(parts: list, n_farthest: int) -> tuple[ChunkStats, Split]:
