@@ -238,7 +238,8 @@ def check_objective(
     and raises the objective by ``W_j`` times its square, which matters only
     where the objective is (near) zero, every row at its center.
     """
-    eps = np.finfo(dtype).eps
+    # In float64: for float32 data, eps * scale can exceed float32's range.
+    eps = float(np.finfo(dtype).eps)
     noise = np.sqrt(eps) * (abs(previous) + eps * scale)
     if current > previous + noise:
         warnings.warn(

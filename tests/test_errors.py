@@ -246,3 +246,20 @@ def test_floating_point_noise_in_the_objective_does_not_warn():
         check_objective(0.0, 1.1e-31, np.dtype(np.float64), 1, scale=6.0)
     with pytest.warns(ObjectiveIncreaseWarning):
         check_objective(0.0, 1e-12, np.dtype(np.float64), 1, scale=6.0)
+
+
+def test_the_noise_allowance_holds_float32_data_beyond_float32s_squares():
+    """Rows of 1e18 in float32: objectives and the centers' squared norms exceed float32's range.
+
+    The allowance is reckoned in float64, so it neither overflows (a
+    RuntimeWarning, found by a stress run) nor becomes infinite, which would
+    let a real rise pass unwarned.
+    """
+    import warnings
+
+    float32 = np.dtype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_objective(4e40, 4e40 * (1 + 1e-5), float32, 3, scale=4e40)
+    with pytest.warns(ObjectiveIncreaseWarning, match="rose at iteration 3"):
+        check_objective(4e40, 8e40, float32, 3, scale=4e40)
