@@ -915,11 +915,12 @@ class BoundedRuns:
             if (
                 np.any(members == 0)
                 or np.any(weights <= 0)
-                or error + correction_error > OBJECTIVE_RTOL * objective
+                or not error + correction_error <= OBJECTIVE_RTOL * objective < np.inf
             ):
-                # An empty cluster (re-seeding needs the farthest rows of all X), or an
+                # An empty cluster (re-seeding needs the farthest rows of all X), an
                 # objective fallen so far below the terms it cancels that their rounding
-                # could show: a full pass, with fresh sums.
+                # could show, or one beyond float64's range (inf - inf is no total): a
+                # full pass, with fresh sums.
                 self.active_stores[run].restore(snapshot)
                 totals.append(None)
                 continue

@@ -352,6 +352,37 @@ def test_an_objective_that_falls_by_orders_is_summed_afresh(settle):
     assert [r["pass"] for r in fast[0][0].history] == ["full", "full", "active"]
 
 
+@pytest.mark.parametrize("settle", [False, True], ids=["active", "settling"])
+def test_an_objective_beyond_float64s_range_is_plain_lloyds(settle):
+    """Rows of 1e155: squared distances overflow float64, the objective is infinite.
+
+    The running objective would be inf - inf, NaN (found by a stress run): such
+    a pass gives way to a full pass, and the fit keeps plain Lloyd's labels,
+    iterations and (infinite) objective.
+    """
+    X, _ = make_blobs(600, n_features=3, centers=4, cluster_std=2.0, random_state=2)
+    X = X * 1e155
+    init = [X[:4].copy()]
+    with np.errstate(over="ignore", invalid="ignore"):
+        plain, fast = run_both(
+            da.from_array(X, chunks=(200, -1)),
+            init,
+            margin="every row",
+            max_active=1.0,
+            settle=settle,
+            max_iter=30,
+            tol=0,
+        )
+    (plain_runs, plain_labels), (runs, labels) = plain, fast
+    assert runs[0].n_iter == plain_runs[0].n_iter > 2
+    np.testing.assert_array_equal(labels[0], plain_labels[0])
+    np.testing.assert_array_equal(runs[0].centers, plain_runs[0].centers)
+    assert [r["objective"] for r in runs[0].history] == [
+        r["objective"] for r in plain_runs[0].history
+    ]
+    assert runs[0].inertia == plain_runs[0].inertia == np.inf
+
+
 # -- through the estimator: schedulers, checkpoints, the CLI ---------------------------------
 
 
