@@ -28,7 +28,10 @@ index: the same whatever the BLAS, the CPU or the chunking.
    underflows at most λ (the dtype's smallest normal number, which also
    covers flush-to-zero); u is the unit roundoff, cmax the largest center
    norm. A label is certain when the second-best score exceeds the best by
-   more than 2E. One E per tile, from a bound on every row's norm (the norm
+   more than 2E, provided no score overflowed the dtype: every intermediate
+   is at most ``(cmax² + 2 ||x|| cmax)(1 + (d + 4) u)`` in magnitude, so rows
+   of norm above the limit that keeps this finite (large data in float32)
+   are never certain from their scores. One E per tile, from a bound on every row's norm (the norm
    of each feature's largest |x_f|, or the bound an earlier pass found),
    clears nearly every row; the others are looked at with their own norm.
 3. Slow path, for the rows that are not certain. Only the centers whose score
@@ -253,17 +256,26 @@ def _hints_hold(dots, centers_sq, hint, margin, labels, best, second, flagged): 
 # -- 2. certificate; 3. slow path -------------------------------------------------------------
 
 
-def _score_error(dtype: np.dtype, n_features: int, centers64: np.ndarray) -> tuple[float, float]:
-    """(a, b) with every score's rounding error at most ``a + b ||x||`` for a row x.
+def _score_error(
+    dtype: np.dtype, n_features: int, centers64: np.ndarray
+) -> tuple[float, float, float]:
+    """(a, b, limit): every score's rounding error is at most ``a + b ||x||`` for a row x.
 
-    See the module docstring: ``E = 2.1 u (cmax² + (d + 2) ||x|| cmax) + 2 (d + 2) λ``.
+    See the module docstring: ``E = 2.1 u (cmax² + (d + 2) ||x|| cmax) + 2 (d + 2) λ``,
+    for rows of norm at most ``limit``. A larger row's scores may overflow the
+    dtype (an infinite score would rank a center last, whatever its distance):
+    they bound nothing (negative: no row's do).
     """
     info = np.finfo(dtype)
     u = float(info.eps) / 2
     cmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", centers64, centers64))))
     a = 2.1 * u * cmax * cmax + 2 * (n_features + 2) * float(info.tiny)
     b = 2.1 * u * (n_features + 2) * cmax
-    return a, b
+    # |||c||² - 2 x·c| and every partial sum stay below the dtype's largest value
+    # while cmax² + 2 ||x|| cmax does, with rounding (and this float64 arithmetic's).
+    room = float(info.max) / (1.0 + (n_features + 4) * u) * (1.0 - 1e-9) - cmax * cmax
+    limit = -1.0 if not room > 0.0 else (room / (2.0 * cmax) if cmax > 0.0 else np.inf)
+    return a, b, limit
 
 
 def _column_magnitudes(x, largest):  # pragma: no cover - compiled only (see the overload)
@@ -353,12 +365,15 @@ def _direct_sqdist(x, c):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _certify(x, centers64, dots_t, centers_sq, labels, best, second, flagged, a, b, pending, work):
+def _certify(
+    x, centers64, dots_t, centers_sq, labels, best, second, flagged, bound, pending, work
+):
     """Decide exactly the labels of the ``flagged`` rows of a tile; certify the others' first.
 
     ``dots_t`` (k, rows) are the products the fast path formed its scores
-    from, ``best``/``second`` each row's two best scores; ``a + b ||x||``
-    bounds every score's rounding error (module docstring). A flagged row's
+    from, ``best``/``second`` each row's two best scores; ``bound`` is
+    :func:`_score_error`'s (a, b, limit): ``a + b ||x||`` bounds every score's
+    rounding error for rows of norm up to the limit (module docstring). A flagged row's
     own norm may still certify it; if not, its candidates are decided by
     direct float64 distances and, where those cannot separate two, exactly.
     Rows the exact comparison cannot take (extreme exponents) are flagged in
@@ -376,7 +391,10 @@ def _certify(x, centers64, dots_t, centers_sq, labels, best, second, flagged, a,
         norm_sq = 0.0
         for f in range(d):
             norm_sq += np.float64(x[i, f]) * np.float64(x[i, f])
-        margin = 2.0 * (a + b * np.sqrt(norm_sq)) * (1.0 + 4.0 * _U64)
+        norm = np.sqrt(norm_sq)
+        margin = 2.0 * (bound[0] + bound[1] * norm) * (1.0 + 4.0 * _U64)
+        if not norm <= bound[2]:  # its scores may have overflowed: all candidates, directly
+            margin = np.inf
         gap = np.float64(second[i]) - np.float64(best[i])
         if margin < gap < np.inf:
             continue
@@ -634,7 +652,7 @@ def _tile_pass(
     hints, only the rows whose hint is not certain get them (:func:`_hints_hold`).
 
     ``hint`` is the rows' previous labels (or empty), ``centers`` is
-    (centers64, centers_sq), ``bound`` the score error's (a, b), ``work`` the
+    (centers64, centers_sq), ``bound`` the score error's (a, b, limit), ``work`` the
     scratch arrays. Returns (slow rows, rows left to
     :func:`dkmeans.exact.nearest_in_python`, labels changed since ``hint``);
     with rows left, nothing is added: the caller decides them, then adds the
@@ -647,6 +665,8 @@ def _tile_pass(
         norm_bound = _norm_bound(tile, largest)
         block_bound[0] = max(block_bound[0], norm_bound)
     margin = 2.0 * (bound[0] + bound[1] * norm_bound) * (1.0 + 4.0 * _U64)
+    if not norm_bound <= bound[2]:  # a score may have overflowed: none is certain
+        margin = np.inf
     block_bound[1] = margin  # the tile's: what a certified row's best leads its second by
     uncertain = 0
     if centers64.shape[0] == 1:  # one center: every label is 0, certainly
@@ -672,8 +692,7 @@ def _tile_pass(
             best,
             second,
             flagged,
-            bound[0],
-            bound[1],
+            bound,
             pending,
             expansion,
         )
@@ -696,7 +715,8 @@ class Centers:
     transposed: np.ndarray
     values64: np.ndarray  # (k, d) float64, exactly the same values
     squared_norms: np.ndarray  # (k,) ||c||² computed accurately, rounded to X's dtype
-    error: tuple[float, float]  # (a, b): every score's error is at most a + b ||x||
+    # (a, b, limit): every score's error is at most a + b ||x|| where ||x|| <= limit
+    error: tuple[float, float, float]
     by_row: bool  # scores formed as tile @ centers.T (see _scores_by_row)
 
 

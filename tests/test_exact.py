@@ -120,6 +120,33 @@ def test_every_label_is_the_exact_argmin_on_arbitrary_floats(by_row, X, k, dtype
     np.testing.assert_array_equal(hinted, exact)
 
 
+@given(
+    st.integers(1, 300),
+    st.integers(1, 8),
+    st.integers(2, 12),
+    st.sampled_from([1e16, 1e18, 4e18]),
+    st.integers(0, 2**32 - 1),
+)
+@BOTH_LAYOUTS
+def test_every_label_is_the_exact_argmin_where_float32_scores_overflow(
+    by_row, n, d, k, scale, seed
+):
+    """Blobs of 1e17-1e19 in float32: some centers' ``||c||²`` or products pass float32's
+    largest value. An infinite score ranked its center last, whatever its distance, and
+    such labels were certified (found by the bounded property test with magnitudes)."""
+    rng = np.random.default_rng(seed)
+    blobs = rng.uniform(-10, 10, size=(3, d))
+    X = ((blobs[rng.integers(3, size=n)] + rng.normal(0, 3, size=(n, d))) * scale).astype(
+        np.float32
+    )
+    centers = X[rng.integers(n, size=k)]
+    with scores_by_row(by_row):
+        labels, _ = kernel.assign(X, centers)
+        hinted, exact = exact_labels_of_block(X, centers, "partly wrong", seed)
+    np.testing.assert_array_equal(labels, exact)
+    np.testing.assert_array_equal(hinted, exact)
+
+
 @given(tied_problems(), st.lists(st.integers(1, 5), min_size=1, max_size=4))
 def test_nearest_candidate_kept_across_rounds_is_the_exact_argmin(problem, round_sizes):
     """k-means|| keeps each row's nearest candidate and adds a round's new ones at a time
