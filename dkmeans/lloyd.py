@@ -227,7 +227,12 @@ def metric_objective(squared_distances: float, metric: str) -> float:
 
 
 def check_objective(
-    previous: float, current: float, dtype: np.dtype, iteration: int, scale: float = 0.0
+    previous: float,
+    current: float,
+    dtype: np.dtype,
+    iteration: int,
+    scale: float = 0.0,
+    floor: float = 0.0,
 ) -> None:
     """Warn with :class:`~dkmeans.errors.ObjectiveIncreaseWarning` if the objective rose.
 
@@ -236,11 +241,13 @@ def check_objective(
     centers' weighted squared norms ``sum_j W_j ||c_j||^2``: rounding a mean
     (to float64, then to the data's dtype) moves it by about ``eps ||c_j||``
     and raises the objective by ``W_j`` times its square, which matters only
-    where the objective is (near) zero, every row at its center.
+    where the objective is (near) zero, every row at its center. Plus
+    ``floor``, the absolute rounding of squares below float64's normal range
+    (:func:`_allowance`), where relative noise says nothing.
     """
     # In float64: for float32 data, eps * scale can exceed float32's range.
     eps = float(np.finfo(dtype).eps)
-    noise = np.sqrt(eps) * (abs(previous) + eps * scale)
+    noise = np.sqrt(eps) * (abs(previous) + eps * scale) + floor
     if current > previous + noise:
         warnings.warn(
             f"k-means objective rose at iteration {iteration}: {previous!r} -> {current!r} "
@@ -532,14 +539,27 @@ def _after_pass(
     state.keep_final(totals)
     state.final_pass = True
     check_objective(
-        state.last_objective, state.inertia, dtype, state.n_iter, _scale(totals, state.centers)
+        state.last_objective,
+        state.inertia,
+        dtype,
+        state.n_iter,
+        *_allowance(totals, state.centers),
     )
     return None
 
 
-def _scale(totals: ChunkStats, centers: np.ndarray) -> float:
-    """The centers' weighted squared norms (see :func:`check_objective`)."""
-    return float(totals.weights @ np.sum(centers.astype(np.float64) ** 2, axis=1))
+def _allowance(totals: ChunkStats, centers: np.ndarray) -> tuple[float, float]:
+    """(scale, floor) of :func:`check_objective` for a pass's totals at ``centers``.
+
+    scale: the centers' weighted squared norms. floor: where the squares are
+    subnormal (data of 1e-160), each of a row's d squared deviations rounds
+    by at most 1.5 of float64's least subnormal, 2^-1074, absolutely (the
+    square, its weighting, its addition); two objectives of at most 2^53 rows
+    differ by at most ``6 d 2^-1022`` from that. Far below any objective of
+    normal terms.
+    """
+    scale = float(totals.weights @ np.sum(centers.astype(np.float64) ** 2, axis=1))
+    return scale, 8 * centers.shape[1] * float(np.finfo(np.float64).tiny)
 
 
 def _iterate(
@@ -560,7 +580,11 @@ def _iterate(
         "reseeded": n_reseeded,
     }
     check_objective(
-        state.last_objective, totals.objective, dtype, iteration + 1, _scale(totals, state.centers)
+        state.last_objective,
+        totals.objective,
+        dtype,
+        iteration + 1,
+        *_allowance(totals, state.centers),
     )
     state.history.append(record)
     state.n_iter = iteration + 1

@@ -248,6 +248,28 @@ def test_floating_point_noise_in_the_objective_does_not_warn():
         check_objective(0.0, 1e-12, np.dtype(np.float64), 1, scale=6.0)
 
 
+def test_squares_below_float64s_normal_range_round_absolutely():
+    """Data of 1e-160: squared deviations are subnormal and round by 2^-1074, not relatively.
+
+    The objectives below rose so, between two passes of a 30-row fit (found by
+    the bounded property test with magnitudes); a rise among normal numbers
+    still warns.
+    """
+    import warnings
+
+    from dkmeans import lloyd
+    from dkmeans.stats import ChunkStats, Farthest
+
+    totals = ChunkStats(np.zeros((2, 1)), np.array([14.0, 16.0]), 0.0, 0, Farthest.empty(1))
+    allowance = lloyd._allowance(totals, np.array([[1.1e-160], [2.7e-160]]))
+    float64 = np.dtype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_objective(1.8729134e-317, 1.8730177e-317, float64, 8, *allowance)
+    with pytest.warns(ObjectiveIncreaseWarning):
+        check_objective(1e-300, 1.001e-300, float64, 8, *allowance)
+
+
 def test_the_noise_allowance_holds_float32_data_beyond_float32s_squares():
     """Rows of 1e18 in float32: objectives and the centers' squared norms exceed float32's range.
 
