@@ -31,9 +31,10 @@ index: the same whatever the BLAS, the CPU or the chunking.
    more than 2E, provided no score overflowed the dtype: every intermediate
    is at most ``(cmax² + 2 ||x|| cmax)(1 + (d + 4) u)`` in magnitude, so rows
    of norm above the limit that keeps this finite (large data in float32)
-   are never certain from their scores. One E per tile, from a bound on every row's norm (the norm
-   of each feature's largest |x_f|, or the bound an earlier pass found),
-   clears nearly every row; the others are looked at with their own norm.
+   are never certain from their scores. One E per tile, from a bound on
+   every row's norm (the norm of each feature's largest |x_f|, or the bound
+   an earlier pass found), clears nearly every row; the others are looked
+   at with their own norm.
 3. Slow path, for the rows that are not certain. Only the centers whose score
    is within 2E of the best can be nearest; their squared distances are
    computed directly in float64, where every term is non-negative, so the
@@ -372,10 +373,11 @@ def _certify(
 
     ``dots_t`` (k, rows) are the products the fast path formed its scores
     from, ``best``/``second`` each row's two best scores; ``bound`` is
-    :func:`_score_error`'s (a, b, limit): ``a + b ||x||`` bounds every score's
-    rounding error for rows of norm up to the limit (module docstring). A flagged row's
-    own norm may still certify it; if not, its candidates are decided by
-    direct float64 distances and, where those cannot separate two, exactly.
+    :func:`_score_error`'s (a, b, limit): ``a + b ||x||`` bounds every
+    score's rounding error for rows of norm up to the limit (module
+    docstring). A flagged row's own norm may still certify it; if not, its
+    candidates are decided by direct float64 distances and, where those
+    cannot separate two, exactly.
     Rows the exact comparison cannot take (extreme exponents) are flagged in
     ``pending`` for :func:`dkmeans.exact.nearest_in_python`. Returns the number of rows that
     took the slow path.
