@@ -240,6 +240,26 @@ def test_bounded_has_plain_lloyds_iterations(problem, margin, max_iter, tol, set
     assert_same_iterations(plain, fast, X.dtype)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "n_features", "k", "settle"),
+    [(np.float32, 40, 150, True), (np.float64, 70, 20, False)],
+    ids=["k=150 float32 (int16 labels, scores by row)", "d=70 float64 (scores by column)"],
+)
+def test_many_centers_or_features_keep_plain_lloyds_iterations(dtype, n_features, k, settle):
+    """Beyond the property test's shapes: labels of two bytes, wide rows, both score layouts."""
+    X, _ = make_blobs(
+        4_000, n_features=n_features, centers=k // 3, cluster_std=4.0, random_state=k
+    )
+    X = X.astype(dtype)
+    init = [X[np.random.default_rng(k).choice(len(X), k, replace=False)]]
+    plain, fast = run_both(
+        da.from_array(X, chunks=(1_000, -1)), init, settle=settle, max_iter=60, tol=0
+    )
+    assert_same_iterations(plain, fast, X.dtype)
+    assert fast[1][0].dtype == label_dtype(k)
+    assert sum(r["pass"] == "active" for r in fast[0][0].history) > 0
+
+
 def test_a_long_fit_reads_x_a_few_times():
     """Overlapping blobs to the fixed point: most iterations are active passes on few rows."""
     X, _ = make_blobs(40_000, n_features=4, centers=12, cluster_std=2.5, random_state=3)
