@@ -367,7 +367,7 @@ def _direct_sqdist(x, c):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def _certify(
-    x, centers64, dots_t, centers_sq, labels, best, second, flagged, bound, pending, work
+    x, centers64, dots_t, centers_sq, twins, labels, best, second, flagged, bound, pending, work
 ):
     """Decide exactly the labels of the ``flagged`` rows of a tile; certify the others' first.
 
@@ -377,7 +377,10 @@ def _certify(
     score's rounding error for rows of norm up to the limit (module
     docstring). A flagged row's own norm may still certify it; if not, its
     candidates are decided by direct float64 distances and, where those
-    cannot separate two, exactly.
+    cannot separate two, exactly. A center equal to one of lower index
+    (``twins[j] != j``) is never a candidate: it ties with that one, which
+    wins (data with fewer distinct points than centers made every row
+    compare every pair of them exactly: 56 us a row at k = 300).
     Rows the exact comparison cannot take (extreme exponents) are flagged in
     ``pending`` for :func:`dkmeans.exact.nearest_in_python`. Returns the number of rows that
     took the slow path.
@@ -406,6 +409,8 @@ def _certify(
         chosen = -1
         chosen_sq = 0.0
         for j in range(k):  # in index order: a tie keeps the lower index
+            if twins[j] != j:
+                continue
             score = np.float64(centers_sq[j] - (dots_t[j, i] + dots_t[j, i]))
             if not everything and score > window and np.isfinite(score):
                 continue  # certainly not nearer than the fast path's best
@@ -654,13 +659,13 @@ def _tile_pass(
     hints, only the rows whose hint is not certain get them (:func:`_hints_hold`).
 
     ``hint`` is the rows' previous labels (or empty), ``centers`` is
-    (centers64, centers_sq), ``bound`` the score error's (a, b, limit), ``work`` the
-    scratch arrays. Returns (slow rows, rows left to
+    (centers64, centers_sq, twins), ``bound`` the score error's (a, b,
+    limit), ``work`` the scratch arrays. Returns (slow rows, rows left to
     :func:`dkmeans.exact.nearest_in_python`, labels changed since ``hint``);
     with rows left, nothing is added: the caller decides them, then adds the
     tile with :func:`_accumulate`.
     """
-    centers64, centers_sq = centers
+    centers64, centers_sq, twins = centers
     best, second, index, flagged, pending, expansion, largest, block_bound = work
     m = tile.shape[0]
     if norm_bound < 0.0:
@@ -690,6 +695,7 @@ def _tile_pass(
             centers64,
             scores,
             centers_sq,
+            twins,
             labels,
             best,
             second,
@@ -720,6 +726,7 @@ class Centers:
     # (a, b, limit): every score's error is at most a + b ||x|| where ||x|| <= limit
     error: tuple[float, float, float]
     by_row: bool  # scores formed as tile @ centers.T (see _scores_by_row)
+    twins: np.ndarray  # (k,) int64: the lowest index of a center of the same values
 
 
 def prepare(centers: np.ndarray, dtype: DTypeLike) -> Centers:
@@ -732,6 +739,7 @@ def prepare(centers: np.ndarray, dtype: DTypeLike) -> Centers:
     with np.errstate(over="ignore"):
         squared_norms = np.einsum("ij,ij->i", values64, values64).astype(dtype)
     k, d = values.shape
+    _, first, same = np.unique(values64, axis=0, return_index=True, return_inverse=True)
     return Centers(
         values=values,
         transposed=np.ascontiguousarray(values.T),
@@ -739,6 +747,7 @@ def prepare(centers: np.ndarray, dtype: DTypeLike) -> Centers:
         squared_norms=squared_norms,
         error=_score_error(dtype, d, values64),
         by_row=dtype == np.float32 and _scores_by_row(d, k),
+        twins=first[same.reshape(-1)].astype(np.int64),
     )
 
 
@@ -759,6 +768,7 @@ class _Tiles:
         self.centers_t = centers.transposed
         self.centers64 = centers.values64
         self.centers_sq = centers.squared_norms
+        self.twins = centers.twins
         self.bound = centers.error
         self.step = _tile_rows(n, k)
         self.by_row = centers.by_row
@@ -791,7 +801,7 @@ class _Tiles:
         n = len(x)
         k = len(self.centers)
         slow = changed = 0
-        centers = (self.centers64, self.centers_sq)
+        centers = (self.centers64, self.centers_sq, self.twins)
         with np.errstate(over="ignore", invalid="ignore"):  # overflows: uncertain, see _certify
             for start in range(0, n, self.step):
                 stop = min(start + self.step, n)

@@ -147,6 +147,30 @@ def test_every_label_is_the_exact_argmin_where_float32_scores_overflow(
     np.testing.assert_array_equal(hinted, exact)
 
 
+@BOTH_LAYOUTS
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_centers_repeated_many_times_label_by_their_first(by_row, dtype):
+    """More centers than distinct points (30 centers, 5 places, -0.0 beside 0.0): every
+    row ties among copies, and the first copy, the lowest index, takes it."""
+    rng = np.random.default_rng(3)
+    places = np.round(rng.normal(size=(5, 3)), 1)
+    places[0] = 0.0
+    X = places[rng.integers(5, size=150)] + rng.choice([0.0, 0.1], size=(150, 3))
+    centers = places[rng.integers(5, size=30)]
+    zero = (centers == 0).all(axis=1)
+    centers[zero & (rng.random(30) < 0.5)] *= -1.0  # -0.0 for some copies of 0.0: the same point
+    X, centers = X.astype(dtype), centers.astype(dtype)
+    prepared = kernel.prepare(centers, dtype)
+    expected = np.array([np.flatnonzero((centers == row).all(axis=1))[0] for row in centers])
+    np.testing.assert_array_equal(prepared.twins, expected)
+    with scores_by_row(by_row):
+        labels, _ = kernel.assign(X, centers)
+        hinted, exact = exact_labels_of_block(X, centers, "random", 3)
+    np.testing.assert_array_equal(labels, exact)
+    np.testing.assert_array_equal(hinted, exact)
+    assert np.all(prepared.twins[labels] == labels)
+
+
 @given(tied_problems(), st.lists(st.integers(1, 5), min_size=1, max_size=4))
 def test_nearest_candidate_kept_across_rounds_is_the_exact_argmin(problem, round_sizes):
     """k-means|| keeps each row's nearest candidate and adds a round's new ones at a time
