@@ -37,8 +37,10 @@ otherwise, so centers and objective agree with plain Lloyd's to rounding
 (1e-12 relative in float64; float32 centers round alike), not bitwise. Where
 plain Lloyd's own decision rests on rounding, the two can part: with
 ``tol=0`` a step in which only rows of zero weight change label moves no
-center for plain Lloyd (stop "tol") and a rounding's worth here; restarts
-that reach the same partition may tie on inertia differently.
+center for plain Lloyd (stop "tol") and a rounding's worth here. (Restarts
+whose inertias agree to 1e-12 count as tied, and the first wins,
+:func:`dkmeans.lloyd.best_run`: where they reach the same partition, both
+keep the same one.)
 
 **Memory.** The store holds at most ``max_active`` of each block's rows
 (those of least slack; the frozen rows' least slack then says how long the

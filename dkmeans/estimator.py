@@ -147,7 +147,8 @@ class KMeans:
         ``sample_weight``). An array: the initial centers.
     n_init : "auto" or int, default="auto"
         Number of runs (restarts) from different initial centers; the fit
-        keeps the run with the lowest final objective. "auto" means 10 for
+        keeps the run with the lowest final objective (the first of those
+        within 1e-12 of it, :func:`dkmeans.lloyd.best_run`). "auto" means 10 for
         ``init="random"`` and 1 otherwise (scikit-learn's rule). The runs
         share every pass over X: R runs read X once per iteration, not R
         times (their compute still grows with R), and a run that has
@@ -412,7 +413,7 @@ class KMeans:
             centers = initial_centers(data, weights, k, n_runs, params, storage_options)
         reporter = progress.IterationReporter(n_runs) if params["verbose"] else None
         runs = run_lloyd(data, weights, centers, workspace, params, reporter)
-        best = min(range(n_runs), key=lambda run: runs[run].inertia)  # ties: the first run
+        best = lloyd.best_run(runs, range(n_runs))
         fitted = self._result(runs[best], data.shape[1], rows)
         self._set_result(workspace.finish(best, fitted), rows)
         if reporter is not None:

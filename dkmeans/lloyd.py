@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -478,6 +478,25 @@ def lloyd_runs(
             for run, record in records.items():
                 on_iteration(run, record)
     return _results(states)
+
+
+# Restarts whose inertias are this close (relative) count as tied, and the first wins.
+INERTIA_TIE_RTOL = 1e-12
+
+
+def best_run(runs: list[LloydResult], group: Sequence[int]) -> int:
+    """The run of ``group`` with the least inertia; near-ties go to the first.
+
+    Restarts that reach the same partition have the same exact inertia, but
+    the computed ones may differ by rounding (the bounded algorithm's sums
+    are grouped by each run's path): within :data:`INERTIA_TIE_RTOL` of the
+    least they count as tied, so the choice does not rest on rounding, and
+    ``"lloyd"`` and ``"bounded"`` choose the same run (scikit-learn likewise
+    keeps an earlier run that found the same clustering).
+    """
+    least = min(runs[run].inertia for run in group)
+    within = least + INERTIA_TIE_RTOL * abs(least)
+    return next((run for run in group if runs[run].inertia <= within), min(group))
 
 
 def _results(states: list[LloydState]) -> list[LloydResult]:

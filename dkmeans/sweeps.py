@@ -198,7 +198,7 @@ def sweep(
     best = {}
     for i, k in enumerate(ks):
         group = range(i * n_init, (i + 1) * n_init)
-        best[k] = min(group, key=lambda run: runs[run].inertia)  # ties: the first run
+        best[k] = lloyd.best_run(runs, group)
     means = {k: _label_means(runs[best[k]]) for k in ks}
     scores = score(
         data,
