@@ -82,14 +82,15 @@ def lloyd_block(
     label_dtype: np.dtype,
     first_pass: bool,
     norm_bound: float | None = None,
+    with_labels: bool = False,
     with_bounds: bool = False,
 ) -> list:
     """One block of one pass for every run: each run's statistics; each run's labels written.
 
     The block is read once and assigned to each run's centers in turn.
-    ``with_bounds`` (the bounded Lloyd's full pass): each run's entry is
+    ``with_labels`` (the bounded Lloyd's full pass): each run's entry is
     (statistics, labels, upper, lower), the last two each row's distance
-    bounds (:func:`dkmeans.kernel.block_stats`).
+    bounds (:func:`dkmeans.kernel.block_stats`) where ``with_bounds``, else None.
     """
     if first_pass:  # the data do not change: checking them once is enough
         validation.check_finite_block(x, block.index, block.start)
@@ -114,7 +115,10 @@ def lloyd_block(
             # data (storage fault). Name the block and row rather than go on.
             validation.check_finite_block(x, block.index, block.start)
         labels_state.write(labels)
-        results.append((block_stats, labels, *bounds) if with_bounds else block_stats)
+        if with_labels:
+            results.append((block_stats, labels, *(bounds or (None, None))))
+        else:
+            results.append(block_stats)
     return results
 
 

@@ -506,6 +506,33 @@ def test_a_run_settles_before_hamerlys_test(overlapping, zarr_data):
     assert late and sum(r["rows_assigned"] for r in late) < 0.2 * n * len(late)
 
 
+@pytest.mark.parametrize("max_iter", [1, 3, 300])
+def test_rows_are_bounded_only_for_the_active_passes_after_settling(
+    overlapping, monkeypatch, max_iter
+):
+    """Settling passes leave the bounds stale, so the first pass (which keeps every row)
+    and a stopped run's last pass (labels made its final centers') bound no row; the pass
+    after settling bounds every row, for the active passes that follow it."""
+    bounded_rows = []
+    original = kernel._row_bounds
+
+    def counting(x, *args):
+        bounded_rows.append(len(x))
+        return original(x, *args)
+
+    monkeypatch.setattr(kernel, "_row_bounds", counting)
+    params = {**PARAMS, "n_init": 1, "max_iter": max_iter, "init": overlapping[::2_000][:9]}
+    X = da.from_array(overlapping, chunks=(3_000, -1))
+    model = KMeans(**params, algorithm="bounded").fit(X)
+    assert (sum(bounded_rows) >= len(X)) == (model.stop_reason_ == "fixed point")
+    if max_iter < 300:  # stopped while settling (the fit settles after its 4th pass)
+        assert model.stop_reason_ == "max_iter" and bounded_rows == []
+    plain = KMeans(**params, algorithm="lloyd").fit(X)
+    np.testing.assert_array_equal(model.labels_.compute(), plain.labels_.compute())
+    np.testing.assert_allclose(model.cluster_centers_, plain.cluster_centers_, rtol=1e-12)
+    assert model.inertia_ == pytest.approx(plain.inertia_, rel=1e-12)
+
+
 @pytest.mark.distributed
 def test_on_a_cluster_the_active_rows_stay_with_their_block(overlapping, tmp_path):
     """On a cluster the fit is bitwise the local one (restarts, in-memory X), and an active
