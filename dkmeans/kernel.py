@@ -1173,13 +1173,18 @@ def put_assigned(
 
 
 @numba.njit(nogil=True, cache=True)
-def moved_totals(x, weights, rows, old, new, reference64, sums, totals):  # pragma: no cover
+def moved_totals(x, weights, rows, old, new, reference64, sums, totals, sizes):  # pragma: no cover
     """Add the moves of ``rows`` (labels ``old`` -> ``new``) to a cluster's sums and weights.
 
     Rows in order, element-wise over the features. Returns the change of
     ``Σ w ||x - c0_label||²`` (``reference64``: the centers c0), each row's
     squared distances summed over its features in order, and the size of the
     terms it cancelled, ``Σ w (||x - c0_old||² + ||x - c0_new||²)``.
+    ``sizes`` (k, 2) gains, for each addition to a cluster's sums and weight,
+    the squares of its results (``Σ_f sums[a, f]²``, ``totals[a]²``): each
+    rounds by up to a unit in the last place of its result, so their square
+    roots estimate the rounding the running sums gather, as a random walk
+    (:class:`dkmeans.bounded.Reference`).
     """
     weighted = weights.shape[0] == x.shape[0]
     change, size = 0.0, 0.0
@@ -1188,12 +1193,19 @@ def moved_totals(x, weights, rows, old, new, reference64, sums, totals):  # prag
         if a == b:
             continue
         w = weights[i] if weighted else 1.0
+        size_a, size_b = 0.0, 0.0
         for f in range(x.shape[1]):
             value = w * np.float64(x[i, f])
             sums[a, f] -= value
             sums[b, f] += value
+            size_a += sums[a, f] * sums[a, f]
+            size_b += sums[b, f] * sums[b, f]
         totals[a] -= w
         totals[b] += w
+        sizes[a, 0] += size_a
+        sizes[b, 0] += size_b
+        sizes[a, 1] += totals[a] * totals[a]
+        sizes[b, 1] += totals[b] * totals[b]
         leaving = _direct_sqdist(x[i], reference64[a])
         joining = _direct_sqdist(x[i], reference64[b])
         change += w * (joining - leaving)
