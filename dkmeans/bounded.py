@@ -263,13 +263,16 @@ class Reference:
     That sum cancels: where the objective falls far below the terms it is made
     of, their rounding would show beside a fresh sum's, so ``error`` keeps an
     estimate of it (a few units in the last place of every term's size).
-    The running sums S and weights W gather rounding of their own, move by
-    move, up to a unit in the last place of each result (``sizes``, the
-    squares of the results since the full pass, for an estimate as a random
-    walk); through the correction, it grows with the centers' step: a
-    center that moves far, with sums that an outlier's leaving cancelled
-    (heavy-tailed data), had put the objective 1.7e-12 away from a fresh
-    sum's while ``error`` alone said 5e-14.
+    The running sums S and weights W carry rounding of their own: the full
+    pass's, at the size of what they held then, and up to a unit in the last
+    place of each move's result since (``sizes``, the squares of those
+    results, for an estimate as a random walk). Where an outlier's leaving
+    cancels a cluster's sums, that rounding stays while the sums shrink (a
+    fresh sum would not have it), and through the correction and the centers
+    it grows with the centers' step: it had put an objective 1.7e-12 away
+    from plain Lloyd's while ``error`` alone said 5e-14. (Compensated running
+    sums do not remove it: 26 of 200 weighted Cauchy fits were still off by
+    more than 1e-12, against 29 with plain sums and 3 with this estimate.)
     """
 
     centers: np.ndarray  # (k, d) float64: c0
