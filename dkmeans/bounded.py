@@ -880,7 +880,10 @@ class BoundedRuns:
             centers=[kernel.prepare(states[run].centers, X.dtype) for run in runs],
             label_dtype=self.label_stores[runs[0]].dtype,
             first_pass=first_pass,
-            norm_bound=self.norm_bound,
+            # Each tile's own: the bounds, so the split, then depend on the data and
+            # centers only, not on whether an earlier pass of this process found X's
+            # largest norm (a resumed fit's has not).
+            norm_bound=None,
             margins=margins,
             max_active=self.max_active,
             with_bounds=with_bounds,
