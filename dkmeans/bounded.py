@@ -706,7 +706,7 @@ def _moves(active: ActiveRows, new_labels, moved, reference64, assigned: int) ->
         objective, size = kernel.moved_totals(
             x, active.weights, moved, old, new_labels, reference64, sums, weights, sizes
         )
-        members = _moved_members(active.weights, moved, active.labels, new_labels, k)
+        members = _moved_members(active.weights, moved, old, new_labels, k)
     return Moves(sums, weights, objective, size, len(moved), assigned, members, sizes)
 
 
