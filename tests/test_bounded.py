@@ -597,6 +597,22 @@ class Interrupted(BaseException):
     """Stands for a kill."""
 
 
+def _killed_at(call, params, source, out, monkeypatch):
+    """Fit with a checkpoint at ``out``, killed just after its ``call``-th save."""
+    original, calls = checkpoint.Checkpoint.save, []
+
+    def interrupted(self, states):
+        calls.append(1)
+        original(self, states)
+        if len(calls) == call:
+            raise Interrupted
+
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", interrupted)
+    with pytest.raises(Interrupted):
+        KMeans(**params).fit(source, checkpoint=out)
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", original)
+
+
 # 0.2: a few refreshes, points to save at; 1.0: every row stored, settling passes first
 @pytest.mark.parametrize("max_active", [0.2, 1.0])
 def test_a_killed_bounded_fit_resumes_to_the_same_result(
@@ -627,19 +643,8 @@ def test_a_killed_bounded_fit_resumes_to_the_same_result(
     # settling passes, then a trimming pass, where a full pass would be (resumed from the start).
     assert len(full) >= 2 or max_active == 1.0
     for call in (2, len(saved_at) // 2, len(saved_at) - 1):
-        calls = []
-
-        def interrupted(self, states, call=call, calls=calls):
-            calls.append(1)
-            original(self, states)
-            if len(calls) == call:
-                raise Interrupted
-
         out = tmp_path / f"killed-{call}.zarr"
-        monkeypatch.setattr(checkpoint.Checkpoint, "save", interrupted)
-        with pytest.raises(Interrupted):
-            KMeans(**params).fit(zarr_data, checkpoint=out)
-        monkeypatch.setattr(checkpoint.Checkpoint, "save", original)
+        _killed_at(call, params, zarr_data, out, monkeypatch)
         assert results.status(out) == "checkpoint"
         resumed = KMeans(**{**params, "random_state": 99}).fit(
             zarr_data, checkpoint=out, resume=True
@@ -670,21 +675,11 @@ def test_a_resumed_fit_splits_as_the_uninterrupted_one_where_norms_differ(
         lambda self, states: (saved.append(1), original(self, states)),
     )
     _same_fit(KMeans(**params).fit(str(path), checkpoint=tmp_path / "all.zarr"), reference_fit)
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", original)
     assert len(saved) > 20  # a full pass most iterations: points to resume from
     for call in (len(saved) // 2, len(saved) - 1):  # the last found the fault
-        calls = []
-
-        def interrupted(self, states, call=call, calls=calls):
-            calls.append(1)
-            original(self, states)
-            if len(calls) == call:
-                raise Interrupted
-
         out = tmp_path / f"killed-{call}.zarr"
-        monkeypatch.setattr(checkpoint.Checkpoint, "save", interrupted)
-        with pytest.raises(Interrupted):
-            KMeans(**params).fit(str(path), checkpoint=out)
-        monkeypatch.setattr(checkpoint.Checkpoint, "save", original)
+        _killed_at(call, params, str(path), out, monkeypatch)
         _same_fit(KMeans(**params).fit(str(path), checkpoint=out, resume=True), reference_fit)
 
 
