@@ -148,7 +148,7 @@ class KMeans:
     n_init : "auto" or int, default="auto"
         Number of runs (restarts) from different initial centers; the fit
         keeps the run with the lowest final objective (the first of those
-        within 1e-12 of it, :func:`dkmeans.lloyd.best_run`). "auto" means 10 for
+        within 1e-9 of it, :func:`dkmeans.lloyd.best_run`). "auto" means 10 for
         ``init="random"`` and 1 otherwise (scikit-learn's rule). The runs
         share every pass over X: R runs read X once per iteration, not R
         times (their compute still grows with R), and a run that has
