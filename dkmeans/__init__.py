@@ -38,6 +38,7 @@ from dkmeans.sweeps import Sweep, load_sweep, sweep
 __all__ = [
     "CheckpointMismatchError",
     "ChunkReadError",
+    "ConvergenceWarning",
     "InputNotFoundError",
     "JobError",
     "KMeans",
@@ -53,8 +54,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "NotFittedError":  # made on first use: see dkmeans.errors
+    if name in ("NotFittedError", "ConvergenceWarning"):  # made on first use: dkmeans.errors
         from dkmeans import errors
 
-        return errors.NotFittedError
+        return getattr(errors, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

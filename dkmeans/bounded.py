@@ -1118,7 +1118,12 @@ def bounded_runs(
         for run in sorted(found):
             run_totals, counts = found[run]
             record = lloyd._after_pass(
-                states[run], run_totals, max_iter=max_iter, dtype=X.dtype, metric=metric
+                states[run],
+                run_totals,
+                max_iter=max_iter,
+                dtype=X.dtype,
+                metric=metric,
+                sum_terms=lloyd.sum_terms(X),
             )
             if record is not None:
                 record.update(counts, seconds=seconds)

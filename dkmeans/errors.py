@@ -1,9 +1,11 @@
 """Every public exception and warning of dkmeans, in one place (all exported by ``dkmeans``).
 
-:class:`NotFittedError` subclasses scikit-learn's ``NotFittedError`` when
-scikit-learn is importable, so ``except sklearn.exceptions.NotFittedError``
-catches it; scikit-learn stays optional, and since importing it takes about a
-second (in every Dask worker too) the class is made on first use (PEP 562).
+:class:`NotFittedError` and :class:`ConvergenceWarning` subclass scikit-learn's
+classes of those names when scikit-learn is importable, so ``except
+sklearn.exceptions.NotFittedError`` catches the one and a filter on
+scikit-learn's ConvergenceWarning the other; scikit-learn stays optional, and
+since importing it takes about a second (in every Dask worker too) the classes
+are made on first use (PEP 562).
 """
 
 from __future__ import annotations
@@ -49,27 +51,37 @@ class ObjectiveIncreaseWarning(RuntimeWarning):
     """
 
 
+# Made on first use (see the module docstring): name -> (bases without scikit-learn, doc).
+_LAZY = {
+    "NotFittedError": (
+        (ValueError, AttributeError),  # what scikit-learn's is
+        "The estimator is used before ``fit``: a subclass of scikit-learn's "
+        "NotFittedError when scikit-learn is installed (a ValueError and an "
+        "AttributeError either way).",
+    ),
+    "ConvergenceWarning": (
+        (UserWarning,),  # what scikit-learn's is
+        "A fit found fewer distinct clusters than ``n_clusters`` (more clusters than "
+        "distinct rows, say): a subclass of scikit-learn's ConvergenceWarning when "
+        "scikit-learn is installed (a UserWarning either way).",
+    ),
+}
+
+
 @functools.cache
-def _not_fitted_error() -> type:
+def _made(name: str) -> type:
+    """The class ``name`` of :data:`_LAZY`, on scikit-learn's of that name where it imports."""
+    bases, doc = _LAZY[name]
     try:
-        from sklearn.exceptions import NotFittedError as base
+        from sklearn import exceptions
     except ImportError:
-        bases: tuple[type, ...] = (ValueError, AttributeError)  # what scikit-learn's is
+        pass
     else:
-        bases = (base,)
-    return type(
-        "NotFittedError",
-        bases,
-        {
-            "__module__": __name__,
-            "__doc__": "The estimator is used before ``fit``: a subclass of scikit-learn's "
-            "NotFittedError when scikit-learn is installed (a ValueError and an "
-            "AttributeError either way).",
-        },
-    )
+        bases = (getattr(exceptions, name),)
+    return type(name, bases, {"__module__": __name__, "__doc__": doc})
 
 
 def __getattr__(name: str):
-    if name == "NotFittedError":
-        return _not_fitted_error()
+    if name in _LAZY:
+        return _made(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from typing import Any
 
 import dask.array as da
@@ -414,6 +415,7 @@ class KMeans:
         reporter = progress.IterationReporter(n_runs) if params["verbose"] else None
         runs = run_lloyd(data, weights, centers, workspace, params, reporter)
         best = lloyd.best_run(runs, range(n_runs))
+        _warn_if_fewer_clusters(runs[best], k)
         fitted = self._result(runs[best], data.shape[1], rows)
         self._set_result(workspace.finish(best, fitted), rows)
         if reporter is not None:
@@ -582,6 +584,20 @@ class KMeans:
         self.stop_reason_ = result.stop_reason
         self.n_features_in_ = result.n_features_in
         return self
+
+
+def _warn_if_fewer_clusters(run: lloyd.LloydResult, n_clusters: int) -> None:
+    """scikit-learn's ConvergenceWarning where the fit's clusters of positive weight are fewer."""
+    if run.label_weights is None:
+        return
+    found = int(np.count_nonzero(run.label_weights > 0))
+    if found < n_clusters:
+        warnings.warn(
+            f"Number of distinct clusters ({found}) found smaller than n_clusters "
+            f"({n_clusters}). Possibly due to duplicate points in X.",
+            errors.ConvergenceWarning,
+            stacklevel=3,  # the caller of KMeans.fit
+        )
 
 
 def load(path: str | os.PathLike, *, storage_options: dict | None = None) -> KMeans:

@@ -47,7 +47,7 @@ from dkmeans import kernel, passes, stats, validation
 from dkmeans.errors import ObjectiveIncreaseWarning
 from dkmeans.passes import Block
 from dkmeans.state import BlockState, RowStore
-from dkmeans.stats import ChunkStats
+from dkmeans.stats import ChunkStats, Farthest
 
 FIXED_POINT = "fixed point"
 TOL = "tol"
@@ -179,14 +179,18 @@ def lloyd_pass(
 
 
 def update_centers(
-    totals: ChunkStats, centers: np.ndarray, metric: str = "euclidean"
+    totals: ChunkStats, centers: np.ndarray, metric: str, *, sum_terms: int
 ) -> tuple[np.ndarray, int]:
     """New centers = weighted means, with empty clusters re-seeded.
 
     An empty cluster (zero total weight) takes the farthest point still
     unused, in order of decreasing distance to its center, and that point's
     weight and coordinates leave its old cluster — scikit-learn's rule. A
-    cluster left with zero weight keeps its previous center.
+    cluster left with zero weight keeps its previous center. A point within
+    rounding of its center, which may be a copy of every row of its cluster
+    (:func:`copies_of_their_centers`; ``sum_terms``: :func:`sum_terms`), is
+    no candidate: where clusters outnumber the distinct rows, re-seeding
+    with copies would go on forever.
 
     ``metric="cosine"`` (unit rows): the centers are the weighted sums scaled
     to unit length (:func:`dkmeans.kernel.unit_rows`; the direction of the
@@ -203,8 +207,9 @@ def update_centers(
     weights = totals.weights.copy()
     empty = np.flatnonzero(weights == 0)
     far = totals.farthest
-    n_reseeded = min(len(empty), len(far.sqdist))
-    for cluster, i in zip(empty[:n_reseeded], range(n_reseeded), strict=True):
+    candidates = np.flatnonzero(~copies_of_their_centers(far, centers, sum_terms))
+    n_reseeded = min(len(empty), len(candidates))
+    for cluster, i in zip(empty[:n_reseeded], candidates[:n_reseeded], strict=True):
         w, point, old = far.weights[i], far.points[i], far.labels[i]
         sums[old] -= w * point
         weights[old] -= w
@@ -219,6 +224,40 @@ def update_centers(
     else:
         new[filled] = sums[filled] / weights[filled, None]
     return new.astype(centers.dtype), n_reseeded
+
+
+def sum_terms(X: da.Array) -> int:
+    """The most additions in any of a pass's sums over X: a block's rows, then the tree's.
+
+    (Each row is added to its block's sums in turn; the partial sums of at
+    most every block then meet on a path up the reduction tree.)
+    """
+    rows = X.chunks[0]
+    return max(rows) + len(rows)
+
+
+def copies_of_their_centers(far: Farthest, centers: np.ndarray, sum_terms: int) -> np.ndarray:
+    """Which re-seeding candidates are within rounding of their centers, feature by feature.
+
+    A center computed from ``m`` rows all equal to x (float64 sums of at most
+    ``sum_terms`` additions, divided, normalised for cosine, rounded to the
+    dtype of x) lies within about ``(2 sum_terms + d + 2) u |x_f|`` of each
+    x_f (u = 2^-53): such a point may be a copy of every row of its cluster,
+    and moving it away lowers the objective by rounding at most. Re-seeding
+    with it is what kept fits on float64 data with fewer distinct rows than
+    clusters (multiples of 0.1, say) from ever stopping: the copy drew its
+    twins away from their rounded mean, which left that cluster empty, for
+    another copy, and so on. The test is doubled for safety; a point of
+    float32 data is exactly its copies' mean (float64 sums of float32 values
+    are exact), so this matters for float64 data.
+    """
+    if len(far.sqdist) == 0:
+        return np.zeros(0, dtype=bool)
+    d = centers.shape[1]
+    rounding = 2.0 * (2 * sum_terms + d + 2) * 2.0**-53
+    own = centers.astype(np.float64)[far.labels]
+    close = np.abs(far.points - own) <= rounding * np.abs(far.points)
+    return np.all(close, axis=1)
 
 
 def metric_objective(squared_distances: float, metric: str) -> float:
@@ -471,7 +510,12 @@ def lloyd_runs(
         records = {}
         for run, run_totals in zip(active, totals, strict=True):
             record = _after_pass(
-                states[run], run_totals, max_iter=max_iter, dtype=X.dtype, metric=metric
+                states[run],
+                run_totals,
+                max_iter=max_iter,
+                dtype=X.dtype,
+                metric=metric,
+                sum_terms=sum_terms(X),
             )
             if record is not None:  # the record in the run's history
                 record["seconds"] = seconds
@@ -550,9 +594,12 @@ def _after_pass(
     *,
     max_iter: int,
     dtype: np.dtype,
-    metric: str = "euclidean",
+    metric: str,
+    sum_terms: int,
 ) -> dict | None:
     """Take one run's pass: an iteration (its history record), or its final assignment (None).
+
+    ``sum_terms``: the pass's :func:`sum_terms` (for :func:`update_centers`).
 
     With ``metric="cosine"`` the pass's objective, ``sum w ||x - c||²`` of unit
     rows and centers, is halved (exactly) into ``sum w (1 - cos)``.
@@ -560,7 +607,9 @@ def _after_pass(
     if metric == "cosine":
         totals = dataclasses.replace(totals, objective=metric_objective(totals.objective, metric))
     if state.stop_reason is None:
-        return _iterate(state, totals, max_iter=max_iter, dtype=dtype, metric=metric)
+        return _iterate(
+            state, totals, max_iter=max_iter, dtype=dtype, metric=metric, sum_terms=sum_terms
+        )
     # Stopped short of an exact fixed point: this pass made the labels match
     # the final centers (as scikit-learn does).
     state.keep_final(totals)
@@ -590,14 +639,20 @@ def _allowance(totals: ChunkStats, centers: np.ndarray) -> tuple[float, float]:
 
 
 def _iterate(
-    state: LloydState, totals: ChunkStats, *, max_iter: int, dtype: np.dtype, metric: str
+    state: LloydState,
+    totals: ChunkStats,
+    *,
+    max_iter: int,
+    dtype: np.dtype,
+    metric: str,
+    sum_terms: int,
 ) -> dict:
     """Move one run's centers to the means of a pass's totals; test for a stop.
 
     Updates ``state`` and returns the iteration's history record.
     """
     iteration = state.n_iter
-    new_centers, n_reseeded = update_centers(totals, state.centers, metric)
+    new_centers, n_reseeded = update_centers(totals, state.centers, metric, sum_terms=sum_terms)
     shift = float(np.sum((new_centers.astype(np.float64) - state.centers) ** 2))
     record = {
         "iteration": iteration + 1,

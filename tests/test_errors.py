@@ -1,6 +1,7 @@
 """Bad input: a clear error that names what is wrong, before work where possible."""
 
 import re
+import warnings
 
 import dask.array as da
 import numpy as np
@@ -167,8 +168,26 @@ def test_not_fitted_error_is_scikit_learns():
     assert issubclass(NotFittedError, ValueError) and issubclass(NotFittedError, AttributeError)
 
 
+def test_convergence_warning_is_scikit_learns(X):
+    """Fewer distinct rows than clusters: scikit-learn's warning, which its filters catch."""
+    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+
+    from dkmeans import ConvergenceWarning
+
+    assert issubclass(ConvergenceWarning, SklearnConvergenceWarning)
+    assert issubclass(ConvergenceWarning, UserWarning)
+    with pytest.warns(SklearnConvergenceWarning, match=r"distinct clusters \(1\)"):
+        KMeans(2, random_state=0).fit(np.ones((10, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SklearnConvergenceWarning)
+        KMeans(2, random_state=0).fit(X)  # as many distinct rows as clusters: no warning
+
+
 def test_not_fitted_error_without_scikit_learn():
-    """scikit-learn stays optional: without it the error is still a ValueError/AttributeError."""
+    """scikit-learn stays optional: without it the error is still a ValueError/AttributeError.
+
+    (And the warning of fewer clusters a UserWarning.)
+    """
     import subprocess
     import sys
 
@@ -179,9 +198,10 @@ def test_not_fitted_error_without_scikit_learn():
         "except (ValueError, AttributeError) as err:\n"
         "    assert type(err) is dkmeans.NotFittedError, type(err).__mro__\n"
         "    print(type(err).__mro__[1].__name__)\n"
+        "print(dkmeans.ConvergenceWarning.__mro__[1].__name__)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "ValueError"
+    assert out.stdout.split() == ["ValueError", "UserWarning"]
 
 
 def test_every_public_exception_and_warning_is_exported_from_one_module():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sklearn.cluster import KMeans as SKKMeans
 from sklearn.datasets import load_digits, make_blobs
 
-from dkmeans import KMeans
+from dkmeans import ConvergenceWarning, KMeans
 from dkmeans.lloyd import FIXED_POINT
 from tests import reference
 from tests.conftest import general_position_init
@@ -151,6 +151,40 @@ def test_tol_zero_runs_to_the_fixed_point_past_a_step_that_moves_no_center(algor
     assert changes == [(3, 36.0), (1, 0.0), (0, 0.0)]
     assert model.stop_reason_ == FIXED_POINT and model.n_iter_ == 3
     np.testing.assert_array_equal(model.labels_.compute(), [0, 1, 0])
+
+
+@pytest.mark.parametrize("algorithm", ["lloyd", "bounded"])
+@pytest.mark.parametrize("n_clusters", [20, 40])
+def test_fewer_distinct_rows_than_clusters_reach_a_fixed_point(algorithm, n_clusters):
+    """Float64 multiples of 0.1 (16 distinct rows), and more clusters than that.
+
+    A mean of copies of a row rounds away from the row. Re-seeding an empty
+    cluster with a copy drew the copy's twins to it, which left their old
+    cluster empty for another copy, and so on: 300 iterations and no stop.
+    A copy within rounding of its center is no candidate now.
+    """
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 4, (4_000, 2)) * 0.1
+    model = KMeans(n_clusters, random_state=0, tol=0, algorithm=algorithm)
+    # scikit-learn's warning, its words: 16 clusters of positive weight
+    with pytest.warns(ConvergenceWarning, match=r"distinct clusters \(16\) found smaller than n_"):
+        model.fit(da.from_array(X, chunks=(1_500, -1)))
+    assert model.stop_reason_ == FIXED_POINT and model.n_iter_ < 20
+    # Every distinct row has a cluster of its own: the rows that were no copies of
+    # their centers were still taken.
+    labels = model.labels_.compute()
+    _, row_of = np.unique(X, axis=0, return_inverse=True)
+    pairs = np.unique(np.stack([row_of.ravel(), labels]), axis=1)
+    assert pairs.shape[1] == len(np.unique(row_of)) == len(np.unique(labels))
+    # Exact labels for the final centers, which are their rows' means; every row sits
+    # on its center up to the means' rounding (the objective is rounding alone, so
+    # it may rise by rounding: not checked here).
+    np.testing.assert_array_equal(labels, reference.exact_labels(X, model.cluster_centers_))
+    sums, totals = reference.cluster_sums(X, labels, None, n_clusters)
+    filled = totals > 0
+    means = sums[filled] / totals[filled, None]
+    np.testing.assert_allclose(model.cluster_centers_[filled], means, rtol=1e-12, atol=1e-15)
+    assert model.inertia_ < 1e-24
 
 
 def test_reseeding_matches_sklearn():
