@@ -249,8 +249,10 @@ class Moves:
 
 def _sizes(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(k, 2): each cluster's ``Σ_f sums[a, f]²`` and ``weights[a]²``, the squares of a
-    sum's results, by which it rounds (see :func:`dkmeans.kernel.moved_totals`)."""
-    return np.stack([np.einsum("ij,ij->i", sums, sums), weights**2], axis=1)
+    sum's results, by which it rounds (see :func:`dkmeans.kernel.moved_totals`); inf
+    beyond float64's range, which :meth:`Reference.objective_at` takes for no estimate."""
+    with np.errstate(over="ignore"):
+        return np.stack([np.einsum("ij,ij->i", sums, sums), weights**2], axis=1)
 
 
 @dataclass
@@ -317,22 +319,25 @@ class Reference:
         Also returns an estimate of the rounding the correction adds, with that
         which the sums and weights gathered (``sizes``; see the class).
         """
-        step = self.centers - centers.astype(np.float64)
-        scaled = weights[:, None] * self.centers
-        deviation = sums - scaled
-        correction = 2 * step * deviation + weights[:, None] * step**2
-        size = 2 * np.abs(step) * (np.abs(sums) + np.abs(scaled)) + np.abs(correction)
-        # The sums' and weights' own rounding (a unit in the last place of each result, as
-        # a random walk: the root of their squares), times the correction's slope in each;
-        # twice: the next pass's objective is taken at centers made from these sums.
-        # (Case (b) of benchmarks/bench_bounded.py makes 7 full passes in memory with
-        # this, 6 without, 8 with 4 units as for the terms; weighted Cauchy fits left
-        # more than 1e-12 from plain Lloyd's: 3 of 200 with this, 29 without, 2 with 4.)
-        by_sums = 2 * np.sqrt(np.einsum("ij,ij->i", step, step))
-        by_weights = np.abs(np.sum(step * (step - 2 * self.centers), axis=1))
-        gathered = by_sums @ np.sqrt(sizes[:, 0]) + by_weights @ np.sqrt(sizes[:, 1])
-        error = _ROUNDING * float(np.sum(size)) + 2 * _U64 * float(gathered)
-        return float(objective + np.sum(correction)), error
+        # Data of 1e154 and beyond overflow these squares: inf or nan, which the caller
+        # takes for "no estimate" (a full pass), without numpy's warnings.
+        with np.errstate(over="ignore", invalid="ignore"):
+            step = self.centers - centers.astype(np.float64)
+            scaled = weights[:, None] * self.centers
+            deviation = sums - scaled
+            correction = 2 * step * deviation + weights[:, None] * step**2
+            size = 2 * np.abs(step) * (np.abs(sums) + np.abs(scaled)) + np.abs(correction)
+            # The sums' and weights' own rounding (a unit in the last place of each result, as
+            # a random walk: the root of their squares), times the correction's slope in each;
+            # twice: the next pass's objective is taken at centers made from these sums.
+            # (Case (b) of benchmarks/bench_bounded.py makes 7 full passes in memory with
+            # this, 6 without, 8 with 4 units as for the terms; weighted Cauchy fits left
+            # more than 1e-12 from plain Lloyd's: 3 of 200 with this, 29 without, 2 with 4.)
+            by_sums = 2 * np.sqrt(np.einsum("ij,ij->i", step, step))
+            by_weights = np.abs(np.sum(step * (step - 2 * self.centers), axis=1))
+            gathered = by_sums @ np.sqrt(sizes[:, 0]) + by_weights @ np.sqrt(sizes[:, 1])
+            error = _ROUNDING * float(np.sum(size)) + 2 * _U64 * float(gathered)
+            return float(objective + np.sum(correction)), error
 
 
 @dataclass

@@ -1481,9 +1481,12 @@ def trial_potentials(
     """
     points = float_rows(points)  # BLAS in their dtype: float32 is twice as fast
     trials = np.ascontiguousarray(trials, dtype=points.dtype)
-    norms = point_norms(points) if norms is None else norms
-    trial_sq = np.einsum("ij,ij->i", trials, trials, dtype=np.float64)
-    dots = points @ trials.T  # (m, t): a point's trials side by side
+    # Beyond the dtype's range (squares of 1e154 and up) these are inf or nan, for which
+    # _trial_values computes the distance directly: no warning for them.
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = point_norms(points) if norms is None else norms
+        trial_sq = np.einsum("ij,ij->i", trials, trials, dtype=np.float64)
+        dots = points @ trials.T  # (m, t): a point's trials side by side
     info = np.finfo(points.dtype)
     rounding = (float(info.eps) / 2, float(info.tiny))
     values = np.empty((len(trials), len(points))) if out is None else out

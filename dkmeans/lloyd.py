@@ -634,7 +634,8 @@ def _allowance(totals: ChunkStats, centers: np.ndarray) -> tuple[float, float]:
     differ by at most ``6 d 2^-1022`` from that. Far below any objective of
     normal terms.
     """
-    scale = float(totals.weights @ np.sum(centers.astype(np.float64) ** 2, axis=1))
+    with np.errstate(over="ignore"):  # inf beyond float64's range: no check then
+        scale = float(totals.weights @ np.sum(centers.astype(np.float64) ** 2, axis=1))
     return scale, 8 * centers.shape[1] * float(np.finfo(np.float64).tiny)
 
 
@@ -653,7 +654,8 @@ def _iterate(
     """
     iteration = state.n_iter
     new_centers, n_reseeded = update_centers(totals, state.centers, metric, sum_terms=sum_terms)
-    shift = float(np.sum((new_centers.astype(np.float64) - state.centers) ** 2))
+    with np.errstate(over="ignore"):  # inf beyond float64's range (data of 1e154 and up)
+        shift = float(np.sum((new_centers.astype(np.float64) - state.centers) ** 2))
     record = {
         "iteration": iteration + 1,
         "objective": totals.objective,

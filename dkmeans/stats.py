@@ -110,7 +110,8 @@ class Moments:
         count = self.count + other.count
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.count / count)
-        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / count)
+        with np.errstate(over="ignore"):  # a variance beyond float64's range is inf
+            m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / count)
         return Moments(count=count, mean=mean, m2=m2)
 
     @property

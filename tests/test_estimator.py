@@ -1,10 +1,13 @@
 """The scikit-learn style API: methods, return types, persistence, options."""
 
+import warnings
+
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
 from sklearn.base import clone
+from sklearn.datasets import make_blobs
 
 from dkmeans import KMeans, load
 from dkmeans.state import label_dtype
@@ -229,3 +232,20 @@ def test_numpy_input_is_not_copied(blobs):
     assert len(blocks) > 1
     # The graph holds views of X (dask.array.from_array would hold a copy).
     assert all(isinstance(b, np.ndarray) and np.shares_memory(b, X) for b in blocks)
+
+
+@pytest.mark.parametrize("algorithm", ["lloyd", "bounded"])
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e300), (np.float32, 1e37)])
+def test_data_whose_squares_overflow_fit_without_numpys_warnings(algorithm, init, dtype, scale):
+    """Squares beyond the dtype's range are inf by design (the objective, the estimates);
+    numpy warned of each overflow, from the seeding to the stop test, by the dozen."""
+    X, _ = make_blobs(500, n_features=3, centers=3, random_state=0)
+    X = (X * scale).astype(dtype)
+    model = KMeans(3, init=init, n_init=2, random_state=0, algorithm=algorithm, max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # in the dask tasks' threads too: the filters are global
+        model.fit(X)
+    labels = model.labels_.compute()
+    np.testing.assert_array_equal(labels, reference.exact_labels(X, model.cluster_centers_))
+    assert np.all(np.isfinite(model.cluster_centers_))
