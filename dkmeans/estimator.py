@@ -34,10 +34,11 @@ from dkmeans.passes import Block
 
 
 def _is_lazy(X: Any) -> bool:
-    """Inputs whose large answers come back as dask arrays (dask-backed DataArrays too)."""
+    """Inputs whose large answers come back as dask arrays (dask-backed DataArrays and dask
+    DataFrames too)."""
     if inputs.is_xarray(X):
         return isinstance(getattr(X, "data", None), da.Array)
-    return isinstance(X, da.Array | zarr.Array | str | os.PathLike)
+    return isinstance(X, da.Array | zarr.Array | str | os.PathLike) or inputs.is_dask_frame(X)
 
 
 def _answer(values: da.Array, X: Any, other_dim: str | None = None):
@@ -250,6 +251,11 @@ class KMeans:
         ("full" or "active"), ``rows_read`` and ``rows_assigned``.
     n_features_in_ : int
         Number of columns of X.
+    feature_names_in_ : ndarray of shape (n_features_in_,), object
+        The column names of X, where X was a pandas or dask DataFrame whose
+        column names are all strings (scikit-learn's rule); not set otherwise.
+        ``predict``, ``transform`` and ``score`` then check X's names as
+        scikit-learn does.
 
     Notes
     -----
@@ -392,6 +398,7 @@ class KMeans:
         """
         params = validation.check_params(self.get_params())
         n_runs = validation.n_runs(params["n_init"], params["init"])
+        names = inputs.feature_names(X)
         data = inputs.as_dask_array(X, metric=params["metric"], storage_options=storage_options)
         weights = inputs.as_weights(sample_weight, data)
         k = validation.check_n_clusters(params["n_clusters"], data.shape[0])
@@ -403,12 +410,12 @@ class KMeans:
             n_clusters=k,
             n_runs=n_runs,
             params=params,
-            attrs=self._describe(inputs.describe_input(X, data)),
+            attrs=self._describe(inputs.describe_input(X, data), names),
             storage_options=storage_options,
         )
         rows = inputs.xarray_rows(X)
         if workspace.result is not None:  # resumed a fit that had finished
-            return self._set_result(workspace.result, rows)
+            return self._set_result(workspace.result, rows)._set_feature_names(names)
         centers = None
         if workspace.states is None:  # a new fit (else: continued from the checkpoint)
             centers = initial_centers(data, weights, k, n_runs, params, storage_options)
@@ -417,7 +424,7 @@ class KMeans:
         best = lloyd.best_run(runs, range(n_runs))
         _warn_if_fewer_clusters(runs[best], k)
         fitted = self._result(runs[best], data.shape[1], rows)
-        self._set_result(workspace.finish(best, fitted), rows)
+        self._set_result(workspace.finish(best, fitted), rows)._set_feature_names(names)
         if reporter is not None:
             reporter.finish(best, runs[best])
         return self
@@ -437,10 +444,61 @@ class KMeans:
     def _prepare(self, X, storage_options: dict | None) -> da.Array:
         """X checked against the fit, as the fit saw it (unit rows for ``metric="cosine"``)."""
         self._check_fitted()
+        self._check_feature_names(X)
         metric = validation.check_params({"metric": self.metric})["metric"]
         arr = inputs.as_dask_array(X, metric=metric, storage_options=storage_options)
         validation.check_features(arr.shape[1], self.n_features_in_, type(self).__name__)
         return arr
+
+    def _check_feature_names(self, X) -> None:
+        """X's column names against the fit's, with scikit-learn's warnings and error."""
+        fitted = getattr(self, "feature_names_in_", None)
+        given = inputs.feature_names(X)
+        name = type(self).__name__
+        if fitted is None and given is not None:
+            warnings.warn(
+                f"X has feature names, but {name} was fitted without feature names",
+                UserWarning,
+                stacklevel=4,  # the caller of predict, transform or score
+            )
+        elif fitted is not None and given is None:
+            warnings.warn(
+                f"X does not have valid feature names, but {name} was fitted with feature names",
+                UserWarning,
+                stacklevel=4,
+            )
+        elif fitted is not None and not np.array_equal(fitted, given):
+            unseen = [n for n in given if n not in set(fitted)]
+            missing = [n for n in fitted if n not in set(given)]
+            message = "The feature names should match those that were passed during fit.\n"
+            if unseen:
+                message += "Feature names unseen at fit time:\n" + _listed(unseen)
+            if missing:
+                message += "Feature names seen at fit time, yet now missing:\n" + _listed(missing)
+            if not unseen and not missing:
+                message += "Feature names must be in the same order as they were in fit.\n"
+            raise ValueError(message)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Names of the columns of :meth:`transform`'s output: ``kmeans0``, ``kmeans1``, ...
+
+        ``input_features`` (optional) must be the fit's feature names, as in
+        scikit-learn; they do not change the output names.
+        """
+        self._check_fitted()
+        if input_features is not None:
+            input_features = np.asarray(input_features, dtype=object)
+            fitted = getattr(self, "feature_names_in_", None)
+            if fitted is not None and not np.array_equal(input_features, fitted):
+                raise ValueError("input_features is not equal to feature_names_in_")
+            if len(input_features) != self.n_features_in_:
+                raise ValueError(
+                    f"input_features should have length equal to number of features "
+                    f"({self.n_features_in_}), got {len(input_features)}"
+                )
+        prefix = type(self).__name__.lower()
+        k = len(self.cluster_centers_)
+        return np.asarray([f"{prefix}{i}" for i in range(k)], dtype=object)
 
     def _centers_for(self, X: da.Array) -> np.ndarray:
         return self.cluster_centers_.astype(X.dtype, copy=False)
@@ -527,7 +585,7 @@ class KMeans:
             stop_reason=self.stop_reason_,
             n_features_in=self.n_features_in_,
             params=self._jsonable_params(),
-            attrs={"versions": results.versions()},
+            attrs={"versions": results.versions()} | self._names_attr(),
             rows=getattr(self, "_rows", None),
         )
         results.write_result(path, fitted, storage_options)
@@ -541,13 +599,27 @@ class KMeans:
             or not isinstance(value, np.random.Generator | np.random.RandomState)
         }
 
-    def _describe(self, input_description: dict[str, Any]) -> dict[str, Any]:
-        """Parameters, input and versions: what a result group says about its fit."""
+    def _describe(
+        self, input_description: dict[str, Any], names: np.ndarray | None
+    ) -> dict[str, Any]:
+        """Parameters, input, versions (and feature names): what a result group says of its fit."""
         return {
             "params": self._jsonable_params(),
             "versions": results.versions(),
             "input": input_description,
-        }
+        } | ({} if names is None else {results.FEATURE_NAMES_ATTR: names.tolist()})
+
+    def _names_attr(self) -> dict[str, Any]:
+        names = getattr(self, "feature_names_in_", None)
+        return {} if names is None else {results.FEATURE_NAMES_ATTR: names.tolist()}
+
+    def _set_feature_names(self, names: np.ndarray | list | None) -> KMeans:
+        """``feature_names_in_`` from a fit's X (or a result group): set, or removed if none."""
+        if names is not None:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        return self
 
     def _result(
         self, run: lloyd.LloydResult, n_features: int, rows: inputs.Rows | None = None
@@ -583,7 +655,12 @@ class KMeans:
         self.converged_ = result.converged
         self.stop_reason_ = result.stop_reason
         self.n_features_in_ = result.n_features_in
-        return self
+        return self._set_feature_names(result.attrs.get(results.FEATURE_NAMES_ATTR))
+
+
+def _listed(names: list) -> str:
+    """Names as scikit-learn lists them in its feature-name errors, one per line."""
+    return "".join(f"- {name}\n" for name in names)
 
 
 def _warn_if_fewer_clusters(run: lloyd.LloydResult, n_clusters: int) -> None:

@@ -113,6 +113,34 @@ def _is_sparse(X: Any) -> bool:
     return hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse")
 
 
+def is_dask_frame(X: Any) -> bool:
+    """A dask DataFrame (or Series): dask.dataframe is never imported for other inputs."""
+    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "to_dask_array")
+
+
+def feature_names(X: Any, name: str = "X") -> np.ndarray | None:
+    """The column names of a pandas or dask DataFrame, scikit-learn's way (else None).
+
+    All strings: they are the names (an object array). None a string (integer
+    columns, say): no names. Some strings only: a TypeError, as scikit-learn's.
+    """
+    columns = getattr(X, "columns", None)
+    if columns is None or is_xarray(X):
+        return None
+    names = list(columns)
+    strings = [isinstance(column, str) for column in names]
+    if names and all(strings):
+        return np.asarray(names, dtype=object)
+    if any(strings):
+        kinds = sorted({type(column).__name__ for column in names})
+        raise TypeError(
+            f"{name}: feature names are only supported where every column name is a "
+            f"string; its column names are of types {kinds}. Name every column with a "
+            f"string (e.g. X.columns = X.columns.astype(str)), or none."
+        )
+    return None
+
+
 def is_xarray(X: Any) -> bool:
     """Whether ``X`` is an xarray object (xarray is optional: never imported for others)."""
     return type(X).__module__.split(".")[0] == "xarray"
@@ -178,7 +206,8 @@ def as_dask_array(
     ----------
     X : array-like, dask array, zarr.Array, xarray.DataArray, str or os.PathLike
         The data, shape (n_samples, n_features) (a DataArray: its first
-        dimension is the rows, NumPy- or dask-backed).
+        dimension is the rows, NumPy- or dask-backed; a pandas DataFrame is
+        read into memory, a dask DataFrame stays lazy, a block per partition).
     name : str
         Name used in error messages.
     metric : {"euclidean", "cosine"}
@@ -197,6 +226,8 @@ def as_dask_array(
         X = _xarray_data(X, name)
     if isinstance(X, str | os.PathLike):
         X = open_zarr_array(X, name, storage_options)
+    if is_dask_frame(X):  # lazily, a block per partition (their lengths are read once)
+        X = X.to_dask_array(lengths=True)
     if _is_sparse(X):
         raise TypeError(
             f"{name}: sparse input ({type(X).__name__}) is not supported; "

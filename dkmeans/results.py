@@ -11,7 +11,8 @@ end, by a checkpointed fit in its own group)::
       row_coordinate        (n,) an xarray input's row coordinate (numbers, datetimes)
       attrs:  params, input, versions, inertia, n_iter, converged, stop_reason,
               n_features_in, n_samples (and a checkpointed fit's fingerprint;
-              an xarray input's ROWS_ATTR: dims, row_dim, row_coordinate),
+              an xarray input's ROWS_ATTR: dims, row_dim, row_coordinate; a
+              DataFrame's FEATURE_NAMES_ATTR: its column names),
               then COMPLETE_ATTR = True, written last
 
 A reader checks COMPLETE_ATTR: a write that failed part-way never looks
@@ -44,6 +45,7 @@ UNFINISHED = "checkpoint"  # the member holding an unfinished fit's state
 # An xarray input's rows: attrs[ROWS_ATTR] = their dims; the coordinate's values, where
 # they are numbers or datetimes, in the member ROW_COORDINATE.
 ROWS_ATTR, ROW_COORDINATE = "rows", "row_coordinate"
+FEATURE_NAMES_ATTR = "feature_names"  # KMeans.feature_names_in_, where X had them
 HISTORY_COLUMNS = ("objective", "labels_changed", "center_shift", "reseeded", "seconds")
 # Columns of a bounded fit's history (dkmeans.bounded): "full_pass" stands for "pass".
 BOUNDED_COLUMNS = ("full_pass", "rows_read", "rows_assigned")

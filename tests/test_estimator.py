@@ -1,6 +1,7 @@
 """The scikit-learn style API: methods, return types, persistence, options."""
 
 import warnings
+from functools import partial
 
 import dask.array as da
 import numpy as np
@@ -249,3 +250,81 @@ def test_data_whose_squares_overflow_fit_without_numpys_warnings(algorithm, init
     labels = model.labels_.compute()
     np.testing.assert_array_equal(labels, reference.exact_labels(X, model.cluster_centers_))
     assert np.all(np.isfinite(model.cluster_centers_))
+
+
+def _messages(call) -> list[str]:
+    """The warnings' messages of ``call()``, or its ValueError's ("error: ...")."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            call()
+        except ValueError as err:
+            return [f"error: {err}"]
+    return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_feature_names_follow_scikit_learn():
+    """A DataFrame's column names: kept, checked and reported as scikit-learn's KMeans does."""
+    import pandas as pd
+    from sklearn.cluster import KMeans as SklearnKMeans
+
+    X, _ = make_blobs(300, n_features=3, centers=3, random_state=0)
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    others = {
+        "array": X,
+        "same": frame,
+        "renamed": frame.rename(columns={"a": "z"}),
+        "reordered": frame[["b", "a", "c"]],
+        "integer columns": pd.DataFrame(X),
+    }
+    init = X[:3]
+    ours = KMeans(3, init=init).fit(frame)
+    theirs = SklearnKMeans(3, init=init, n_init=1).fit(frame)
+    np.testing.assert_array_equal(ours.feature_names_in_, theirs.feature_names_in_)
+    assert ours.feature_names_in_.dtype == object
+    np.testing.assert_array_equal(ours.get_feature_names_out(), theirs.get_feature_names_out())
+    for fitted_on in (frame, X):
+        ours = KMeans(3, init=init).fit(fitted_on)
+        theirs = SklearnKMeans(3, init=init, n_init=1).fit(fitted_on)
+        assert hasattr(ours, "feature_names_in_") == hasattr(theirs, "feature_names_in_")
+        for name, other in others.items():
+            for method in ("predict", "transform", "score"):
+                expected = _messages(partial(getattr(theirs, method), other))
+                assert _messages(partial(getattr(ours, method), other)) == expected, name
+    with pytest.raises(TypeError, match="every column name is a string"):
+        KMeans(3).fit(pd.DataFrame(X, columns=["a", 1, "c"]))
+
+
+def test_feature_names_are_saved_and_loaded(tmp_path):
+    import pandas as pd
+
+    X, _ = make_blobs(300, n_features=3, centers=3, random_state=0)
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    model = KMeans(3, random_state=0).fit(frame)
+    model.save(tmp_path / "saved.zarr")
+    np.testing.assert_array_equal(load(tmp_path / "saved.zarr").feature_names_in_, ["a", "b", "c"])
+    KMeans(3, random_state=0).fit(frame, checkpoint=tmp_path / "run.zarr")
+    again = load(tmp_path / "run.zarr")
+    np.testing.assert_array_equal(again.feature_names_in_, ["a", "b", "c"])
+    KMeans(3, random_state=0).fit(X).save(tmp_path / "array.zarr")
+    assert not hasattr(load(tmp_path / "array.zarr"), "feature_names_in_")
+
+
+def test_a_dask_dataframe_stays_lazy_a_block_per_partition():
+    """It was read whole into memory (np.asarray): now each partition is a block, read per pass."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from dkmeans import inputs
+
+    X, _ = make_blobs(3_000, n_features=3, centers=4, random_state=0)
+    frame = dd.from_pandas(pd.DataFrame(X, columns=["a", "b", "c"]), npartitions=4)
+    lazy = inputs.as_dask_array(frame)
+    assert lazy.chunks == (tuple(frame.map_partitions(len).compute()), (3,))
+    init = X[:4]
+    from_frame = KMeans(4, init=init, tol=0).fit(frame)
+    from_array = KMeans(4, init=init, tol=0).fit(da.from_array(X, chunks=lazy.chunks))
+    np.testing.assert_array_equal(from_frame.labels_.compute(), from_array.labels_.compute())
+    np.testing.assert_array_equal(from_frame.cluster_centers_, from_array.cluster_centers_)
+    np.testing.assert_array_equal(from_frame.feature_names_in_, ["a", "b", "c"])
+    assert isinstance(from_frame.predict(frame), da.Array)
