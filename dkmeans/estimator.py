@@ -423,6 +423,7 @@ class KMeans:
         runs = run_lloyd(data, weights, centers, workspace, params, reporter)
         best = lloyd.best_run(runs, range(n_runs))
         _warn_if_fewer_clusters(runs[best], k)
+        self._set_feature_names(names)  # before _result, which records them
         fitted = self._result(runs[best], data.shape[1], rows)
         self._set_result(workspace.finish(best, fitted), rows)._set_feature_names(names)
         if reporter is not None:
@@ -635,6 +636,7 @@ class KMeans:
             stop_reason=run.stop_reason,
             n_features_in=n_features,
             params=self._jsonable_params(),
+            attrs=self._names_attr(),
             rows=rows,
         )
 

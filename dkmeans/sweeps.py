@@ -162,11 +162,12 @@ def sweep(
     if not isinstance(checked["init"], str):
         raise ValueError("sweep: init must be 'k-means||', 'k-means++' or 'random', not an array")
     n_init = validation.n_runs(checked["n_init"], checked["init"])
+    names = inputs.feature_names(X)
     data = inputs.as_dask_array(X, metric=checked["metric"], storage_options=storage_options)
     weights = inputs.as_weights(sample_weight, data)
     for k in ks:
         validation.check_n_clusters(k, data.shape[0])
-    attrs = template._describe(inputs.describe_input(X, data))
+    attrs = template._describe(inputs.describe_input(X, data), names)
     attrs["params"].pop("n_clusters")
     attrs[SWEEP_ATTR] = {"n_clusters": ks}
     found = "absent"
@@ -210,11 +211,11 @@ def sweep(
         retries=checked["retries"],
     )
     table = _table(ks, {k: runs[best[k]] for k in ks}, scores)
-    models = {k: KMeans(n_clusters=k, **params) for k in ks}
+    models = {k: KMeans(n_clusters=k, **params)._set_feature_names(names) for k in ks}
     chosen = {_member(k): (best[k], models[k]._result(runs[best[k]], data.shape[1])) for k in ks}
     finished = workspace.finish_members(chosen, {SWEEP_ATTR: {"n_clusters": ks, "table": table}})
     for k in ks:
-        models[k]._set_result(finished[_member(k)])
+        models[k]._set_result(finished[_member(k)])._set_feature_names(names)
     return Sweep(table=table, models=models)
 
 

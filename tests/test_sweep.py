@@ -307,3 +307,16 @@ def test_the_table_converts_to_pandas(blobs):
 def test_bad_sweeps_are_refused_before_any_work(blobs, ks, params, error, match):
     with pytest.raises(error, match=match):
         dkmeans.sweep(blobs[:600], ks, **params)
+
+
+def test_a_dataframes_names_reach_every_model_and_are_saved(tmp_path):
+    import pandas as pd
+
+    X, _ = make_blobs(600, n_features=3, centers=3, random_state=0)
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    found = dkmeans.sweep(frame, [2, 3], random_state=0, checkpoint=tmp_path / "s.zarr")
+    again = dkmeans.load_sweep(tmp_path / "s.zarr")
+    for models in (found.models, again.models):
+        for model in models.values():
+            np.testing.assert_array_equal(model.feature_names_in_, ["a", "b", "c"])
+    np.testing.assert_array_equal(found.models[3].predict(frame), found.models[3].predict(X))
