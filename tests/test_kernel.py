@@ -235,3 +235,41 @@ def test_norm_bound_is_built_from_each_features_largest_magnitude(n, d, dtype, s
     np.testing.assert_array_equal(largest, expected)
     norms = np.sqrt(np.einsum("ij,ij->i", X.astype(np.float64), X.astype(np.float64)))
     assert np.all(norms <= bound) and bound <= np.sqrt(np.sum(expected**2)) * (1 + 1e-12)
+
+
+@given(
+    st.integers(1, 300),
+    st.integers(1, 40),
+    st.integers(2, 12),
+    st.sampled_from([np.float32, np.float64]),
+    st.booleans(),
+    st.integers(0, 2**16),
+)
+def test_moved_totals_match_a_brute_force_reference(n, d, k, dtype, weighted, seed):
+    """The bounded algorithm's changes of the totals from the rows that changed label."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(n, d)) * 10).astype(dtype)
+    old = rng.integers(0, k, n).astype(np.int16)
+    new = np.where(rng.random(n) < 0.4, rng.integers(0, k, n), old).astype(np.int16)
+    weights = rng.uniform(0, 3, n) if weighted else np.empty(0)
+    w = weights if weighted else np.ones(n)
+    reference64 = rng.normal(size=(k, d)) * 10
+    rows = np.flatnonzero(rng.random(n) < 0.8).astype(np.int32)  # some rows kept, as given
+    sums, totals, sizes = np.zeros((k, d)), np.zeros(k), np.zeros((k, 2))
+    change, size = kernel.moved_totals(
+        x, weights, rows, old, new, reference64, sums, totals, sizes
+    )
+    x64, go = x.astype(np.float64), rows[old[rows] != new[rows]]
+    expected_sums, expected_totals = np.zeros((k, d)), np.zeros(k)
+    np.add.at(expected_sums, new[go], w[go, None] * x64[go])
+    np.subtract.at(expected_sums, old[go], w[go, None] * x64[go])
+    np.add.at(expected_totals, new[go], w[go])
+    np.subtract.at(expected_totals, old[go], w[go])
+    joining = ((x64[go] - reference64[new[go]]) ** 2).sum(axis=1)
+    leaving = ((x64[go] - reference64[old[go]]) ** 2).sum(axis=1)
+    scale = float(np.sum(w[go] * (joining + leaving)))
+    np.testing.assert_allclose(sums, expected_sums, atol=1e-12 * max(scale, 1.0))
+    np.testing.assert_allclose(totals, expected_totals, atol=1e-12 * n)
+    assert abs(change - float(np.sum(w[go] * (joining - leaving)))) <= 1e-12 * max(scale, 1e-300)
+    assert size == pytest.approx(scale, rel=1e-12, abs=1e-300)
+    assert np.all(sizes >= 0) and (len(go) == 0 or np.all(sizes[np.unique(new[go])] > 0))
