@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -343,9 +344,18 @@ COMMANDS = {
 }
 
 
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one log line (``warnings.showwarning``'s signature)."""
+    logger.warning("%s: %s", category.__name__, message)
+
+
 @contextlib.contextmanager
 def _logging_to_stdout(args: argparse.Namespace) -> Iterator[None]:
-    """Route the "dkmeans" logger to stdout for one command (restored afterwards)."""
+    """Route the "dkmeans" logger to stdout for one command (restored afterwards).
+
+    Python warnings raised meanwhile (fewer distinct clusters than k, say) become
+    log lines too, rather than a source line of this module on stderr.
+    """
     handler = logging.StreamHandler(sys.stdout)
     if args.verbose:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
@@ -358,7 +368,9 @@ def _logging_to_stdout(args: argparse.Namespace) -> Iterator[None]:
         logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     )
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = _log_warning
+            yield
     finally:
         logger.handlers[:], level, logger.propagate = saved
         logger.setLevel(level)

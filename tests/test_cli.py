@@ -161,6 +161,22 @@ def test_cli_fit_equals_the_api_and_prints_one_line_per_iteration(data_path, tmp
     assert re.search(r"result: .*out.zarr \(\d+ iterations, fixed point", out)
 
 
+def test_a_warning_is_a_log_line_and_the_fit_ends(tmp_path, capsys):
+    """Float64 multiples of 0.1, 16 distinct rows, k=20: the fit reaches a fixed point (it
+    ran to max_iter before) and says why it has 16 clusters on stdout, in one line."""
+    X = np.random.default_rng(0).integers(0, 4, (8_000, 2)) * 0.1
+    zarr.create_array(tmp_path / "x.zarr", shape=X.shape, chunks=(2_000, 2), dtype="f8")[:] = X
+    job = write_job(tmp_path, str(tmp_path / "x.zarr"), model={"n_clusters": 20})
+    assert main(["fit", job, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "ConvergenceWarning: Number of distinct clusters (16) found smaller than n_clusters "
+        "(20). Possibly due to duplicate points in X."
+    ]
+    assert err == ""
+    assert load(tmp_path / "out.zarr").stop_reason_ == "fixed point"
+
+
 def test_cli_fit_with_restarts_reports_each_run_and_keeps_the_best(data_path, tmp_path, capsys):
     job = write_job(tmp_path, data_path, model={"n_init": 3, "random_state": 7})
     assert main(["fit", job]) == 0
