@@ -423,9 +423,9 @@ class KMeans:
         runs = run_lloyd(data, weights, centers, workspace, params, reporter)
         best = lloyd.best_run(runs, range(n_runs))
         _warn_if_fewer_clusters(runs[best], k)
-        self._set_feature_names(names)  # before _result, which records them
+        self._set_feature_names(names)  # before _result, which records them in its attrs
         fitted = self._result(runs[best], data.shape[1], rows)
-        self._set_result(workspace.finish(best, fitted), rows)._set_feature_names(names)
+        self._set_result(workspace.finish(best, fitted), rows)
         if reporter is not None:
             reporter.finish(best, runs[best])
         return self
@@ -453,7 +453,7 @@ class KMeans:
 
     def _check_feature_names(self, X) -> None:
         """X's column names against the fit's, with scikit-learn's warnings and error."""
-        fitted = getattr(self, "feature_names_in_", None)
+        fitted = self._feature_names()
         given = inputs.feature_names(X)
         name = type(self).__name__
         if fitted is None and given is not None:
@@ -489,7 +489,7 @@ class KMeans:
         self._check_fitted()
         if input_features is not None:
             input_features = np.asarray(input_features, dtype=object)
-            fitted = getattr(self, "feature_names_in_", None)
+            fitted = self._feature_names()
             if fitted is not None and not np.array_equal(input_features, fitted):
                 raise ValueError("input_features is not equal to feature_names_in_")
             if len(input_features) != self.n_features_in_:
@@ -586,7 +586,7 @@ class KMeans:
             stop_reason=self.stop_reason_,
             n_features_in=self.n_features_in_,
             params=self._jsonable_params(),
-            attrs={"versions": results.versions()} | self._names_attr(),
+            attrs={"versions": results.versions()} | _names_attrs(self._feature_names()),
             rows=getattr(self, "_rows", None),
         )
         results.write_result(path, fitted, storage_options)
@@ -608,11 +608,10 @@ class KMeans:
             "params": self._jsonable_params(),
             "versions": results.versions(),
             "input": input_description,
-        } | ({} if names is None else {results.FEATURE_NAMES_ATTR: names.tolist()})
+        } | _names_attrs(names)
 
-    def _names_attr(self) -> dict[str, Any]:
-        names = getattr(self, "feature_names_in_", None)
-        return {} if names is None else {results.FEATURE_NAMES_ATTR: names.tolist()}
+    def _feature_names(self) -> np.ndarray | None:
+        return getattr(self, "feature_names_in_", None)
 
     def _set_feature_names(self, names: np.ndarray | list | None) -> KMeans:
         """``feature_names_in_`` from a fit's X (or a result group): set, or removed if none."""
@@ -636,7 +635,7 @@ class KMeans:
             stop_reason=run.stop_reason,
             n_features_in=n_features,
             params=self._jsonable_params(),
-            attrs=self._names_attr(),
+            attrs=_names_attrs(self._feature_names()),
             rows=rows,
         )
 
@@ -658,6 +657,11 @@ class KMeans:
         self.stop_reason_ = result.stop_reason
         self.n_features_in_ = result.n_features_in
         return self._set_feature_names(result.attrs.get(results.FEATURE_NAMES_ATTR))
+
+
+def _names_attrs(names: np.ndarray | None) -> dict[str, Any]:
+    """The result group's record of feature names (nothing where there are none)."""
+    return {} if names is None else {results.FEATURE_NAMES_ATTR: names.tolist()}
 
 
 def _listed(names: list) -> str:

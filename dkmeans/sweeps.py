@@ -215,7 +215,7 @@ def sweep(
     chosen = {_member(k): (best[k], models[k]._result(runs[best[k]], data.shape[1])) for k in ks}
     finished = workspace.finish_members(chosen, {SWEEP_ATTR: {"n_clusters": ks, "table": table}})
     for k in ks:
-        models[k]._set_result(finished[_member(k)])._set_feature_names(names)
+        models[k]._set_result(finished[_member(k)])  # names too: the results record them
     return Sweep(table=table, models=models)
 
 
