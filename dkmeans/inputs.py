@@ -118,6 +118,17 @@ def is_dask_frame(X: Any) -> bool:
     return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "to_dask_array")
 
 
+def _frame_blocks(frame: Any, name: str) -> da.Array:
+    """A dask DataFrame as a dask array, a block per partition; a column of text is an error
+    here (it would fail in a task later, naming nothing)."""
+    dtypes = getattr(frame, "dtypes", None)
+    if dtypes is not None:
+        text = [str(column) for column, dtype in dtypes.items() if dtype.kind not in "biuf"]
+        if text:
+            raise TypeError(f"{name}: columns {text} are not numeric; k-means needs numbers")
+    return frame.to_dask_array(lengths=True)
+
+
 def feature_names(X: Any, name: str = "X") -> np.ndarray | None:
     """The column names of a pandas or dask DataFrame, scikit-learn's way (else None).
 
@@ -227,7 +238,7 @@ def as_dask_array(
     if isinstance(X, str | os.PathLike):
         X = open_zarr_array(X, name, storage_options)
     if is_dask_frame(X):  # lazily, a block per partition (their lengths are read once)
-        X = X.to_dask_array(lengths=True)
+        X = _frame_blocks(X, name)
     if _is_sparse(X):
         raise TypeError(
             f"{name}: sparse input ({type(X).__name__}) is not supported; "

@@ -305,3 +305,13 @@ def test_the_noise_allowance_holds_float32_data_beyond_float32s_squares():
         check_objective(4e40, 4e40 * (1 + 1e-5), float32, 3, scale=4e40)
     with pytest.warns(ObjectiveIncreaseWarning, match="rose at iteration 3"):
         check_objective(4e40, 8e40, float32, 3, scale=4e40)
+
+
+def test_a_dask_dataframes_text_columns_are_named_before_work():
+    """They failed inside a task, in the first pass, naming nothing."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": np.arange(20.0), "b": ["x"] * 20, "c": pd.Categorical(["u"] * 20)})
+    with pytest.raises(TypeError, match=r"X: columns \['b', 'c'\] are not numeric"):
+        KMeans(2).fit(dd.from_pandas(frame, npartitions=2))
