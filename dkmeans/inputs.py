@@ -119,10 +119,10 @@ def is_dask_frame(X: Any) -> bool:
 
 
 def _frame_blocks(frame: Any, name: str) -> da.Array:
-    """A dask DataFrame as a dask array, a block per partition; a column of text is an error
-    here (it would fail in a task later, naming nothing)."""
+    """A dask DataFrame or Series as a dask array, a block per partition; a column of text is
+    an error here (it would fail in a task later, naming nothing)."""
     dtypes = getattr(frame, "dtypes", None)
-    if dtypes is not None:
+    if dtypes is not None and not hasattr(dtypes, "kind"):  # a frame's: one per column
         text = [str(column) for column, dtype in dtypes.items() if dtype.kind not in "biuf"]
         if text:
             raise TypeError(f"{name}: columns {text} are not numeric; k-means needs numbers")
@@ -381,12 +381,14 @@ def in_memory_blocks(array: da.Array) -> list[np.ndarray] | None:
 def as_weights(sample_weight: Any, X: da.Array) -> da.Array | None:
     """Validate sample weights and chunk them like the rows of X.
 
-    In-memory weights are checked in full here; dask weights are checked
-    block by block in the first pass.
+    In-memory weights are checked in full here; dask weights (a dask Series
+    too, kept lazy) are checked block by block in the first pass.
     """
     if sample_weight is None:
         return None
     n = X.shape[0]
+    if is_dask_frame(sample_weight):  # a dask Series (a column of X's frame, say): lazily
+        sample_weight = _frame_blocks(sample_weight, "sample_weight")
     if isinstance(sample_weight, da.Array):
         w = sample_weight
     elif np.isscalar(sample_weight):

@@ -328,3 +328,10 @@ def test_a_dask_dataframe_stays_lazy_a_block_per_partition():
     np.testing.assert_array_equal(from_frame.cluster_centers_, from_array.cluster_centers_)
     np.testing.assert_array_equal(from_frame.feature_names_in_, ["a", "b", "c"])
     assert isinstance(from_frame.predict(frame), da.Array)
+    # A column as the weights: a dask Series, lazy too (it was read whole).
+    assert isinstance(inputs.as_weights(frame["a"], lazy), da.Array)
+    weighted = KMeans(4, init=init[:, 1:], tol=0)
+    weighted.fit(frame[["b", "c"]], sample_weight=frame["a"].abs())
+    plain = KMeans(4, init=init[:, 1:], tol=0).fit(X[:, 1:], sample_weight=np.abs(X[:, 0]))
+    np.testing.assert_array_equal(weighted.labels_.compute(), plain.labels_.compute())
+    np.testing.assert_allclose(weighted.cluster_centers_, plain.cluster_centers_, rtol=1e-12)
