@@ -65,7 +65,7 @@ import numba.extending
 import numpy as np
 from numpy.typing import DTypeLike
 
-from dkmeans import exact
+from dkmeans import exact, fused
 from dkmeans.stats import ChunkStats, Farthest, Moments
 
 # -- tiles ------------------------------------------------------------------------------------
@@ -631,6 +631,25 @@ def score_sums(x, labels, others, means64, centers64, weights, cluster_weights, 
 
 
 @numba.njit(nogil=True, cache=True)
+def _tile_margin(tile, bound, norm_bound, largest, block_bound):  # pragma: no cover - compiled
+    """(margin, norm bound): what a certified row's best score leads its second by, in a tile.
+
+    From :func:`_score_error`'s ``bound`` and a bound on every row's norm
+    (``norm_bound``, or negative: the tile's own, the largest kept in
+    ``block_bound[0]``); infinite where a score may have overflowed (none is
+    certain). The margin is kept in ``block_bound[1]``.
+    """
+    if norm_bound < 0.0:
+        norm_bound = _norm_bound(tile, largest)
+        block_bound[0] = max(block_bound[0], norm_bound)
+    margin = 2.0 * (bound[0] + bound[1] * norm_bound) * (1.0 + 4.0 * _U64)
+    if not norm_bound <= bound[2]:
+        margin = np.inf
+    block_bound[1] = margin
+    return margin, norm_bound
+
+
+@numba.njit(nogil=True, cache=True)
 def _tile_pass(
     tile,
     dots,
@@ -668,13 +687,7 @@ def _tile_pass(
     centers64, centers_sq, twins = centers
     best, second, index, flagged, pending, expansion, largest, block_bound = work
     m = tile.shape[0]
-    if norm_bound < 0.0:
-        norm_bound = _norm_bound(tile, largest)
-        block_bound[0] = max(block_bound[0], norm_bound)
-    margin = 2.0 * (bound[0] + bound[1] * norm_bound) * (1.0 + 4.0 * _U64)
-    if not norm_bound <= bound[2]:  # a score may have overflowed: none is certain
-        margin = np.inf
-    block_bound[1] = margin  # the tile's: what a certified row's best leads its second by
+    margin, norm_bound = _tile_margin(tile, bound, norm_bound, largest, block_bound)
     uncertain = 0
     if centers64.shape[0] == 1:  # one center: every label is 0, certainly
         labels[:] = 0
@@ -727,6 +740,8 @@ class Centers:
     error: tuple[float, float, float]
     by_row: bool  # scores formed as tile @ centers.T (see _scores_by_row)
     twins: np.ndarray  # (k,) int64: the lowest index of a center of the same values
+    # the centers as dkmeans.fused.hints_hold takes them, where it runs and pays (_fused_pays)
+    fused: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def prepare(centers: np.ndarray, dtype: DTypeLike) -> Centers:
@@ -747,7 +762,17 @@ def prepare(centers: np.ndarray, dtype: DTypeLike) -> Centers:
         error=_score_error(dtype, d, values64),
         by_row=dtype == np.float32 and _scores_by_row(d, k),
         twins=_twins(values64),
+        fused=fused.padded_centers(values, squared_norms) if _fused_pays(dtype, d, k) else None,
     )
+
+
+def _fused_pays(dtype: np.dtype, n_features: int, n_clusters: int) -> bool:
+    """Whether the compiled hint check (:mod:`dkmeans.fused`) replaces BLAS and numba's.
+
+    Float32 only (float64 scores are formed by columns, with no hint check),
+    and where it runs on this CPU.
+    """
+    return dtype == np.float32 and fused.AVAILABLE and n_clusters <= fused.MAX_CLUSTERS
 
 
 @numba.njit(nogil=True, cache=True)
@@ -773,6 +798,11 @@ def _twins(centers64):  # pragma: no cover - compiled
     return twins
 
 
+# Where the compiled check flags more of a tile's rows than this (early in a fit, when many
+# labels change), BLAS labels the tile instead: the flagged rows cost a gather and a GEMM more.
+_FUSED_MOST_FLAGGED = 0.125
+
+
 class _Tiles:
     """One block's labelling (and statistics), tile by tile, with its scratch space.
 
@@ -792,6 +822,7 @@ class _Tiles:
         self.centers_sq = centers.squared_norms
         self.twins = centers.twins
         self.bound = centers.error
+        self.fused = centers.fused
         self.step = _tile_rows(n, k)
         self.by_row = centers.by_row
         self.dots = np.empty(k * self.step, dtype=x.dtype)
@@ -821,31 +852,42 @@ class _Tiles:
         (slow rows, labels changed, the norm bound used).
         """
         n = len(x)
-        k = len(self.centers)
         slow = changed = 0
         centers = (self.centers64, self.centers_sq, self.twins)
+        fused_check = self.fused is not None and len(hint) == n and bounds is None
         with np.errstate(over="ignore", invalid="ignore"):  # overflows: uncertain, see _certify
             for start in range(0, n, self.step):
                 stop = min(start + self.step, n)
                 m, tile = stop - start, x[start:stop]
-                if self.by_row:  # BLAS on a cache-sized tile, in the orientation chosen
-                    dots = self.dots[: k * m].reshape(m, k)
-                    np.matmul(tile, self.centers_t, out=dots)
-                else:
-                    dots = self.dots[: k * m].reshape(k, m)
-                    np.matmul(self.centers, tile.T, out=dots)
                 tile_hint = hint[start:stop] if len(hint) else hint
                 tile_weights = weights[start:stop] if len(weights) else weights
+                tile_norm = -1.0 if norm_bound is None else norm_bound
+                if fused_check:
+                    done, tile_norm = self._hints_hold_fused(
+                        tile, tile_hint, labels[start:stop], tile_norm
+                    )
+                    if done is not None:
+                        slow += done
+                        if self.with_stats:
+                            changed += _accumulate(
+                                tile,
+                                labels[start:stop],
+                                tile_hint,
+                                self.centers64,
+                                tile_weights,
+                                self.block,
+                            )
+                        continue
                 tile_slow, left, tile_changed = _tile_pass(
                     tile,
-                    dots,
+                    self._dots(tile),
                     self.by_row,
                     tile_hint,
                     tile_weights,
                     centers,
                     labels[start:stop],
                     self.bound,
-                    -1.0 if norm_bound is None else norm_bound,
+                    tile_norm,
                     self.work,
                     self.block,
                     self.with_stats,
@@ -872,6 +914,60 @@ class _Tiles:
                 changed += tile_changed
         used = float(self.work[7][0]) if norm_bound is None else norm_bound
         return slow, changed, used
+
+    def _dots(self, tile: np.ndarray) -> np.ndarray:
+        """BLAS's products of a cache-sized tile with the centers, in the orientation chosen."""
+        m, k = len(tile), len(self.centers)
+        if self.by_row:
+            return np.matmul(tile, self.centers_t, out=self.dots[: k * m].reshape(m, k))
+        return np.matmul(self.centers, tile.T, out=self.dots[: k * m].reshape(k, m))
+
+    def _hints_hold_fused(self, tile, hint, labels, norm_bound: float) -> tuple[int | None, float]:
+        """A tile's exact labels where the compiled check (:mod:`dkmeans.fused`) pays.
+
+        It certifies the hints of most rows; the rows it flags are labelled
+        as a compact tile of their own by :func:`_tile_pass`, with the same
+        margin. Returns (slow rows, the norm bound used), or (None, the norm
+        bound) where the check could not run or flagged more than
+        :data:`_FUSED_MOST_FLAGGED` of the rows: the caller then labels the
+        tile by BLAS, as if it had not been tried.
+        """
+        largest, block_bound = self.work[6], self.work[7]
+        margin, norm_bound = _tile_margin(tile, self.bound, norm_bound, largest, block_bound)
+        flagged = self.work[3][: len(tile)]
+        count = fused.hints_hold(tile, self.fused, len(self.centers), hint, margin, flagged)
+        if not 0 <= count <= _FUSED_MOST_FLAGGED * len(tile):
+            return None, norm_bound
+        labels[:] = hint
+        if count == 0:
+            return 0, norm_bound
+        rows = np.flatnonzero(flagged)
+        sub, sub_hint = tile[rows], hint[rows]
+        sub_labels = np.empty(len(rows), dtype=labels.dtype)
+        centers = (self.centers64, self.centers_sq, self.twins)
+        slow, left, _ = _tile_pass(
+            sub,
+            self._dots(sub),
+            self.by_row,
+            sub_hint,
+            np.empty(0),
+            centers,
+            sub_labels,
+            self.bound,
+            norm_bound,
+            self.work,
+            self.block,
+            False,
+            False,
+        )
+        if left:  # exponents too extreme for the expansions
+            pending = self.work[4]
+            exact.nearest_in_python(
+                sub, self.centers, np.flatnonzero(pending[: len(sub)]), sub_labels
+            )
+            pending[: len(sub)] = False
+        labels[rows] = sub_labels
+        return slow, norm_bound
 
     def _decide_in_python(self, tile, labels, hint, weights) -> int:
         pending = self.work[4]
