@@ -2,7 +2,8 @@
  *
  * dkmeans.kernel labels a tile of rows in two steps: BLAS forms the (rows, k)
  * dot products, then a compiled loop checks each row's previous label (its
- * hint) against them (kernel._hints_hold). Where the rows and centers are
+ * hint) against them (kernel._hints_hold), or finds its best and second-best
+ * score (kernel._top2_by_row). Where the rows and centers are
  * short (d = 16, k = 16: a 16 x 16 product per row) BLAS runs far below its
  * peak and the products make a round trip through memory. Here each row's k
  * scores are formed 16 centers to a vector register (AVX-512), eight rows at a
@@ -10,13 +11,14 @@
  * d = 16, k = 16, one thread, on an Intel Xeon (Sapphire Rapids); a whole
  * labelling pass 12.8 against 18.9 ns a row.
  *
- * The check is kernel._hints_hold's, on the same float32 scores
- * ``||c_j||² - 2 x·c_j`` (the dot products summed in another order, with fused
- * multiply-adds, which the certificate's error bound covers: see
- * dkmeans/kernel.py) and the same float64 differences: a row is certain when
- * every other center's score is ahead of its hint's by more than ``margin``.
- * The others are flagged for the caller, which decides them as before. So
- * labels do not depend on whether this runs.
+ * The tests are kernel._hints_hold's and kernel._uncertain's, on the same
+ * float32 scores ``||c_j||² - 2 x·c_j`` (the dot products summed in another
+ * order, with fused multiply-adds, which the certificate's error bound covers:
+ * see dkmeans/kernel.py) and the same float64 differences: a hint is certain
+ * when every other center's score is ahead of its by more than ``margin``, a
+ * best score when the second-best is. The rows neither certifies are flagged
+ * for the caller, which decides them exactly as before. So labels do not depend
+ * on whether this runs.
  *
  * Plain C, no Python API: dkmeans.kernel calls it through ctypes (which
  * releases the GIL). Compiled for every x86-64 CPU; dk_fused_available() says
@@ -63,7 +65,59 @@ static inline int64_t hint_at(const void *hint, int64_t size, int64_t i)
     }
 }
 
+static inline void label_at(void *labels, int64_t size, int64_t i, int64_t value)
+{
+    switch (size) {
+    case 1:
+        ((int8_t *)labels)[i] = (int8_t)value;
+        break;
+    case 2:
+        ((int16_t *)labels)[i] = (int16_t)value;
+        break;
+    case 4:
+        ((int32_t *)labels)[i] = (int32_t)value;
+        break;
+    default:
+        ((int64_t *)labels)[i] = value;
+    }
+}
+
 #if DK_HAVE_AVX512
+/* The center of the row's best score s (ties: the lowest index), certain where the
+ * second-best exceeds the best by more than margin (float64 difference, as
+ * kernel._uncertain); -1 where not certain. Scores are finite here (the caller's
+ * margin is finite only where no score can overflow). */
+DK_TARGET static inline int64_t certain_best(
+    const float *s, int64_t k, int64_t vectors, __mmask16 last, double margin)
+{
+    if (k == 1)
+        return 0;
+    const __m512 infinity = _mm512_set1_ps(INFINITY);
+    __m512 lowest = infinity;
+    for (int64_t v = 0; v < vectors; v++) {
+        const __mmask16 lanes = v == vectors - 1 ? last : 0xFFFF;
+        lowest = _mm512_min_ps(lowest, _mm512_mask_load_ps(infinity, lanes, s + v * DK_LANES));
+    }
+    const float best = _mm512_reduce_min_ps(lowest);
+    const __m512 best_v = _mm512_set1_ps(best);
+    int64_t index = -1;
+    __m512 others = infinity;
+    for (int64_t v = 0; v < vectors; v++) {
+        const __mmask16 lanes = v == vectors - 1 ? last : 0xFFFF;
+        const __m512 scores = _mm512_mask_load_ps(infinity, lanes, s + v * DK_LANES);
+        __mmask16 equal = _mm512_cmp_ps_mask(scores, best_v, _CMP_EQ_OQ) & lanes;
+        if (index < 0 && equal) {
+            const int lane = __builtin_ctz((unsigned)equal);
+            index = v * DK_LANES + lane;
+            others = _mm512_min_ps(others, _mm512_mask_mov_ps(scores, (__mmask16)(1u << lane), infinity));
+        } else {
+            others = _mm512_min_ps(others, scores);
+        }
+    }
+    const double gap = (double)_mm512_reduce_min_ps(others) - (double)best;
+    return index >= 0 && margin < gap && gap < INFINITY ? index : -1;
+}
+
 /* Is row's hint p not certain from its scores s (padded to whole vectors)? */
 DK_TARGET static inline int uncertain(
     const float *s, int64_t p, int64_t k, int64_t vectors, __mmask16 last, __m512d margin)
@@ -90,9 +144,10 @@ DK_TARGET static inline int uncertain(
     return ahead != k - 1; /* the hint is never ahead of itself: margin > 0 */
 }
 
-DK_TARGET static int64_t hints_hold_avx512(
+DK_TARGET static int64_t label_avx512(
     const float *x, int64_t m, int64_t d, const float *centers_t, const float *centers_sq,
-    int64_t k, const void *hint, int64_t hint_size, double margin, uint8_t *flagged)
+    int64_t k, const void *hint, int64_t hint_size, double margin, void *labels,
+    int64_t label_size, uint8_t *flagged)
 {
     const int64_t vectors = (k + DK_LANES - 1) / DK_LANES;
     const int64_t width = vectors * DK_LANES; /* centers_t is (d, width), zero-padded */
@@ -134,34 +189,44 @@ DK_TARGET static int64_t hints_hold_avx512(
             _mm512_store_ps(out + 7 * DK_MAX_CLUSTERS, _mm512_sub_ps(sq, _mm512_add_ps(a7, a7)));
         }
         for (int64_t r = 0; r < rows; r++) {
-            const int flag = uncertain(
-                scores[r], hint_at(hint, hint_size, i + r), k, vectors, last, margin_v);
-            flagged[i + r] = (uint8_t)flag;
-            count += flag;
+            int64_t label = hint_size ? hint_at(hint, hint_size, i + r) : -1;
+            if (label < 0 || uncertain(scores[r], label, k, vectors, last, margin_v))
+                label = certain_best(scores[r], k, vectors, last, margin);
+            flagged[i + r] = label < 0;
+            count += label < 0;
+            if (label >= 0)
+                label_at(labels, label_size, i + r, label);
         }
     }
     return count;
 }
 #endif
 
-/* Flag the rows of x (m, d), C order, whose hint is not certain; returns their count.
+/* Label the rows of x (m, d), C order, where their scores make the label certain.
  *
- * centers_t: the centers transposed, (d, 16 ceil(k / 16)) C order, zero-padded;
- * centers_sq: their squared norms in float32, padded likewise; hint: m integers
- * of hint_size bytes; margin > 0. Returns -1 where k is out of range. Only where
- * dk_fused_available() (a CPUID query, slow in a virtual machine: asked once).
+ * A row's hint (its previous label), where given and certain, is its label;
+ * otherwise its best score's center, where certain. The others are flagged
+ * (their labels not written) for the caller to decide exactly; returns their
+ * count. centers_t: the centers transposed, (d, 16 ceil(k / 16)) C order,
+ * zero-padded; centers_sq: their squared norms in float32, padded likewise;
+ * hint: m integers of hint_size bytes (hint_size 0: no hints); labels: m
+ * integers of label_size bytes; 0 < margin < inf. Returns -1 where k is out of
+ * range. Only where dk_fused_available() (a CPUID query, slow in a virtual
+ * machine: the caller asks once).
  */
-int64_t dk_hints_hold_f32(
+int64_t dk_label_f32(
     const float *x, int64_t m, int64_t d, const float *centers_t, const float *centers_sq,
-    int64_t k, const void *hint, int64_t hint_size, double margin, uint8_t *flagged)
+    int64_t k, const void *hint, int64_t hint_size, double margin, void *labels,
+    int64_t label_size, uint8_t *flagged)
 {
 #if DK_HAVE_AVX512
-    if (k < 1 || k > DK_MAX_CLUSTERS) /* the caller has asked dk_fused_available() once */
+    if (k < 1 || k > DK_MAX_CLUSTERS)
         return -1;
-    return hints_hold_avx512(x, m, d, centers_t, centers_sq, k, hint, hint_size, margin, flagged);
+    return label_avx512(
+        x, m, d, centers_t, centers_sq, k, hint, hint_size, margin, labels, label_size, flagged);
 #else
-    (void)x, (void)m, (void)d, (void)centers_t, (void)centers_sq, (void)k;
-    (void)hint, (void)hint_size, (void)margin, (void)flagged;
+    (void)x, (void)m, (void)d, (void)centers_t, (void)centers_sq, (void)k, (void)hint;
+    (void)hint_size, (void)margin, (void)labels, (void)label_size, (void)flagged;
     return -1;
 #endif
 }

@@ -1,9 +1,10 @@
-"""The compiled fused hint check (``dkmeans/_fused.c``), where this install and CPU have it.
+"""The compiled labelling of float32 tiles (``dkmeans/_fused.c``), where it was built and runs.
 
-:func:`hints_hold` flags the rows of a float32 tile whose previous label is
-not certain, as :func:`dkmeans.kernel._hints_hold` does from BLAS's products,
-but forms the scores itself, in registers (AVX-512). The labels never depend
-on whether it runs: the rows it flags are decided as before. Where the
+:func:`label` labels the rows of a float32 tile whose label its scores make
+certain, as :func:`dkmeans.kernel._hints_hold` and
+:func:`dkmeans.kernel._top2_by_row` do from BLAS's products, but forms the
+scores itself, in registers (AVX-512), and flags the others. The labels never
+depend on whether it runs: the rows it flags are decided as before. Where the
 extension was not built (no C compiler at install), the CPU lacks AVX-512, or
 ``DKMEANS_FUSED=0`` is set in the environment, :data:`AVAILABLE` is false and
 the kernels use BLAS and numba alone.
@@ -34,7 +35,7 @@ def _load() -> ctypes._CFuncPtr | None:
         return None
     if not library.dk_fused_available():
         return None
-    function = library.dk_hints_hold_f32
+    function = library.dk_label_f32
     pointer = ctypes.c_void_p
     function.argtypes = [
         pointer,  # x
@@ -44,16 +45,18 @@ def _load() -> ctypes._CFuncPtr | None:
         pointer,  # squared norms, padded
         ctypes.c_int64,  # k
         pointer,  # hint
-        ctypes.c_int64,  # hint's item size
+        ctypes.c_int64,  # hint's item size (0: no hints)
         ctypes.c_double,  # margin
+        pointer,  # labels
+        ctypes.c_int64,  # labels' item size
         pointer,  # flagged (bytes)
     ]
     function.restype = ctypes.c_int64
     return function
 
 
-_HINTS_HOLD = _load()
-AVAILABLE = _HINTS_HOLD is not None
+_LABEL = _load()
+AVAILABLE = _LABEL is not None
 
 
 def padded_centers(values: np.ndarray, squared_norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,37 +74,47 @@ def padded_centers(values: np.ndarray, squared_norms: np.ndarray) -> tuple[np.nd
     return transposed, squared
 
 
-def hints_hold(
+def label(
     tile: np.ndarray,
     centers: tuple[np.ndarray, np.ndarray],
     n_clusters: int,
     hint: np.ndarray,
     margin: float,
+    labels: np.ndarray,
     flagged: np.ndarray,
 ) -> int:
-    """Flag (in ``flagged``, bool) the rows of ``tile`` whose ``hint`` is not certain.
+    """Label the rows of ``tile`` that their scores make certain; flag the others.
 
     ``tile``: float32 rows, C order; ``centers``: from :func:`padded_centers`;
-    ``margin``: the tile's (``kernel._tile_margin``), positive. A row is
-    certain when every other center's score is ahead of its hint's by more
-    than ``margin``. Returns the flagged count, or -1 where the kernel cannot
-    run or would certify nothing (then nothing is written).
+    ``hint``: the rows' previous labels, or empty; ``margin``: the tile's
+    (``kernel._tile_margin``). A hint is a row's label where every other
+    center's score is ahead of its by more than ``margin``; otherwise the best
+    score's center is, where the second-best is that far ahead. ``labels``
+    receives those; ``flagged`` (bool) marks the rows left undecided, whose
+    count is returned; -1 where the kernel cannot run or would certify
+    nothing (an infinite margin), and then nothing is written.
     """
-    if _HINTS_HOLD is None or not 0.0 < margin < np.inf:  # inf: no row is certain
+    if _LABEL is None or not 0.0 < margin < np.inf:  # inf: no row is certain
         return -1
-    if not (tile.flags.c_contiguous and hint.flags.c_contiguous and len(hint) == len(tile)):
+    m, d = tile.shape
+    hinted = len(hint) > 0
+    contiguous = tile.flags.c_contiguous and labels.flags.c_contiguous
+    if not contiguous or len(labels) != m or (hinted and not hint.flags.c_contiguous):
+        return -1
+    if hinted and len(hint) != m:
         return -1
     transposed, squared = centers
-    m, d = tile.shape
-    return _HINTS_HOLD(
+    return _LABEL(
         tile.ctypes.data,
         m,
         d,
         transposed.ctypes.data,
         squared.ctypes.data,
         n_clusters,
-        hint.ctypes.data,
-        hint.itemsize,
+        hint.ctypes.data if hinted else None,
+        hint.itemsize if hinted else 0,
         margin,
+        labels.ctypes.data,
+        labels.itemsize,
         flagged.ctypes.data,
     )

@@ -740,7 +740,7 @@ class Centers:
     error: tuple[float, float, float]
     by_row: bool  # scores formed as tile @ centers.T (see _scores_by_row)
     twins: np.ndarray  # (k,) int64: the lowest index of a center of the same values
-    # the centers as dkmeans.fused.hints_hold takes them, where it runs and pays (_fused_pays)
+    # the centers as dkmeans.fused.label takes them, where it runs and pays (_fused_pays)
     fused: tuple[np.ndarray, np.ndarray] | None = None
 
 
@@ -767,10 +767,12 @@ def prepare(centers: np.ndarray, dtype: DTypeLike) -> Centers:
 
 
 def _fused_pays(dtype: np.dtype, n_features: int, n_clusters: int) -> bool:
-    """Whether the compiled hint check (:mod:`dkmeans.fused`) replaces BLAS and numba's.
+    """Whether the compiled kernel (:mod:`dkmeans.fused`) labels tiles instead of BLAS and numba.
 
     Float32 only (float64 scores are formed by columns, with no hint check),
-    and where it runs on this CPU.
+    and where it runs on this CPU. Not where bounds are wanted
+    (:func:`assign_with_bounds`): they come from the scores, which would then
+    differ in their last bits between CPUs with and without it.
     """
     return dtype == np.float32 and fused.AVAILABLE and n_clusters <= fused.MAX_CLUSTERS
 
@@ -798,8 +800,8 @@ def _twins(centers64):  # pragma: no cover - compiled
     return twins
 
 
-# Where the compiled check flags more of a tile's rows than this (early in a fit, when many
-# labels change), BLAS labels the tile instead: the flagged rows cost a gather and a GEMM more.
+# Where the compiled kernel flags more of a tile's rows than this (near-ties: data with many
+# exact ties), BLAS labels the tile instead: the flagged rows cost a gather and a GEMM more.
 _FUSED_MOST_FLAGGED = 0.125
 
 
@@ -854,7 +856,7 @@ class _Tiles:
         n = len(x)
         slow = changed = 0
         centers = (self.centers64, self.centers_sq, self.twins)
-        fused_check = self.fused is not None and len(hint) == n and bounds is None
+        compiled = self.fused is not None and bounds is None
         with np.errstate(over="ignore", invalid="ignore"):  # overflows: uncertain, see _certify
             for start in range(0, n, self.step):
                 stop = min(start + self.step, n)
@@ -862,8 +864,8 @@ class _Tiles:
                 tile_hint = hint[start:stop] if len(hint) else hint
                 tile_weights = weights[start:stop] if len(weights) else weights
                 tile_norm = -1.0 if norm_bound is None else norm_bound
-                if fused_check:
-                    done, tile_norm = self._hints_hold_fused(
+                if compiled:
+                    done, tile_norm = self._label_compiled(
                         tile, tile_hint, labels[start:stop], tile_norm
                     )
                     if done is not None:
@@ -922,27 +924,28 @@ class _Tiles:
             return np.matmul(tile, self.centers_t, out=self.dots[: k * m].reshape(m, k))
         return np.matmul(self.centers, tile.T, out=self.dots[: k * m].reshape(k, m))
 
-    def _hints_hold_fused(self, tile, hint, labels, norm_bound: float) -> tuple[int | None, float]:
-        """A tile's exact labels where the compiled check (:mod:`dkmeans.fused`) pays.
+    def _label_compiled(self, tile, hint, labels, norm_bound: float) -> tuple[int | None, float]:
+        """A tile's exact labels by the compiled kernel (:mod:`dkmeans.fused`), where it pays.
 
-        It certifies the hints of most rows; the rows it flags are labelled
-        as a compact tile of their own by :func:`_tile_pass`, with the same
-        margin. Returns (slow rows, the norm bound used), or (None, the norm
-        bound) where the check could not run or flagged more than
+        It labels the rows whose scores make their label certain (by the hint,
+        or by the best score); the rows it flags (near-ties) are labelled as a
+        compact tile of their own by :func:`_tile_pass`, with the same margin.
+        Returns (slow rows, the norm bound used), or (None, the norm bound)
+        where the kernel could not run or flagged more than
         :data:`_FUSED_MOST_FLAGGED` of the rows: the caller then labels the
         tile by BLAS, as if it had not been tried.
         """
         largest, block_bound = self.work[6], self.work[7]
         margin, norm_bound = _tile_margin(tile, self.bound, norm_bound, largest, block_bound)
         flagged = self.work[3][: len(tile)]
-        count = fused.hints_hold(tile, self.fused, len(self.centers), hint, margin, flagged)
+        count = fused.label(tile, self.fused, len(self.centers), hint, margin, labels, flagged)
         if not 0 <= count <= _FUSED_MOST_FLAGGED * len(tile):
             return None, norm_bound
-        labels[:] = hint
         if count == 0:
             return 0, norm_bound
         rows = np.flatnonzero(flagged)
-        sub, sub_hint = tile[rows], hint[rows]
+        sub = tile[rows]
+        sub_hint = hint[rows] if len(hint) else hint
         sub_labels = np.empty(len(rows), dtype=labels.dtype)
         centers = (self.centers64, self.centers_sq, self.twins)
         slow, left, _ = _tile_pass(

@@ -1,4 +1,4 @@
-"""The compiled hint check (dkmeans/_fused.c) against exact labels; fits with and without it."""
+"""The compiled labelling (dkmeans/_fused.c) against exact labels; fits with and without it."""
 
 import numpy as np
 import pytest
@@ -39,56 +39,71 @@ def tiles(draw):
     if k > np.iinfo(dtype).max:
         dtype = np.int16
     hint = draw(hnp.arrays(np.int64, n, elements=st.integers(-1, k))).astype(dtype)
-    return X, centers, hint
+    if draw(st.booleans()):
+        hint = hint[:0]  # no hints: every row by its best score
+    return X, centers, hint, dtype
+
+
+def _label(X, centers, hint, dtype=np.int32):
+    prepared = kernel.prepare(centers, np.float32)
+    labels = np.full(len(X), -7, dtype=dtype)
+    flagged = np.ones(len(X), dtype=bool)
+    count = fused.label(
+        X, prepared.fused, len(centers), hint, _margin(X, prepared), labels, flagged
+    )
+    return count, labels, flagged
 
 
 @needs_kernel
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(tiles())
-def test_rows_the_compiled_check_certifies_keep_their_exact_label(tile):
-    X, centers, hint = tile
-    prepared = kernel.prepare(centers, np.float32)
-    flagged = np.ones(len(X), dtype=bool)
-    count = fused.hints_hold(X, prepared.fused, len(centers), hint, _margin(X, prepared), flagged)
+def test_rows_the_compiled_kernel_labels_have_their_exact_label(tile):
+    X, centers, hint, dtype = tile
+    count, labels, flagged = _label(X, centers, hint, dtype)
     assert count == np.count_nonzero(flagged)
     certain = ~flagged
     exact = reference.exact_labels(X, centers)
-    np.testing.assert_array_equal(hint[certain], exact[certain])
-    out_of_range = (hint < 0) | (hint >= len(centers))
-    assert flagged[out_of_range].all()
+    np.testing.assert_array_equal(labels[certain], exact[certain])
+    assert (labels[flagged] == -7).all()  # left for the exact path, untouched
 
 
 @needs_kernel
 @pytest.mark.parametrize("k, d", [(16, 16), (5, 3), (40, 70), (256, 4)])
-def test_the_compiled_check_certifies_true_hints_on_separated_clusters(k, d):
+def test_the_compiled_kernel_labels_separated_clusters_whatever_the_hints(k, d):
     X, truth = make_blobs(
         3000, d, centers=k, cluster_std=0.01, center_box=(-100, 100), random_state=k
     )
     X = X.astype(np.float32)
     centers = np.stack([X[truth == j].mean(axis=0) for j in range(k)]).astype(np.float32)
-    hint = reference.exact_labels(X, centers).astype(np.int16)
-    prepared = kernel.prepare(centers, np.float32)
-    flagged = np.ones(len(X), dtype=bool)
-    count = fused.hints_hold(X, prepared.fused, k, hint, _margin(X, prepared), flagged)
-    assert count == 0
-    # and a wrong hint is never certified
-    wrong = ((hint + 1) % k).astype(np.int16)
-    count = fused.hints_hold(X, prepared.fused, k, wrong, _margin(X, prepared), flagged)
-    assert count == len(X)
+    exact = reference.exact_labels(X, centers)
+    wrong = (exact + 1) % k
+    for hint in (exact.astype(np.int16), wrong.astype(np.int16), np.empty(0, np.int16)):
+        count, labels, _ = _label(X, centers, hint)
+        assert count == 0
+        np.testing.assert_array_equal(labels, exact)
+
+
+@needs_kernel
+def test_exact_ties_are_left_to_the_exact_path():
+    centers = np.array([[0.0, 0.0], [2.0, 0.0], [2.0, 0.0]], dtype=np.float32)
+    X = np.array([[1.0, 0.0], [3.0, 0.0], [-1.0, 0.0]], dtype=np.float32)
+    count, labels, flagged = _label(X, centers, np.empty(0, np.int8))
+    np.testing.assert_array_equal(flagged, [True, True, False])  # both ties; a clear row
+    assert count == 2 and labels[2] == 0
 
 
 @needs_kernel
 def test_an_infinite_margin_leaves_the_tile_to_blas():
     X = np.ones((10, 3), dtype=np.float32)
     prepared = kernel.prepare(X[:2], np.float32)
-    flagged = np.zeros(10, dtype=bool)
-    assert fused.hints_hold(X, prepared.fused, 2, np.zeros(10, np.int8), np.inf, flagged) == -1
+    labels, flagged = np.zeros(10, np.int8), np.zeros(10, dtype=bool)
+    assert fused.label(X, prepared.fused, 2, labels, np.inf, labels, flagged) == -1
 
 
 @needs_kernel
 @pytest.mark.parametrize("algorithm", ["lloyd", "bounded"])
 @pytest.mark.parametrize("k, d, weighted", [(16, 16, False), (70, 3, True)])
-def test_fits_are_bitwise_the_same_with_and_without_the_compiled_check(
+def test_fits_are_bitwise_the_same_with_and_without_the_compiled_kernel(
     monkeypatch, algorithm, k, d, weighted
 ):
     X, _ = make_blobs(40_000, d, centers=k, cluster_std=4.0, random_state=d)
