@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, settings
 # CI runs more examples than a quick local run; both have no deadline since a
 # dask compute per example has variable latency on a shared machine.
 settings.register_profile(
-    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
     "dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]

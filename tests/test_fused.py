@@ -55,7 +55,7 @@ def _label(X, centers, hint, dtype=np.int32):
 
 
 @needs_kernel
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(tiles())
 def test_rows_the_compiled_kernel_labels_have_their_exact_label(tile):
     X, centers, hint, dtype = tile
@@ -101,8 +101,10 @@ def test_an_infinite_margin_leaves_the_tile_to_blas():
 
 
 @needs_kernel
-@pytest.mark.parametrize("algorithm", ["lloyd", "bounded"])
-@pytest.mark.parametrize("k, d, weighted", [(16, 16, False), (70, 3, True)])
+@pytest.mark.parametrize(
+    "algorithm, k, d, weighted",
+    [("lloyd", 16, 16, False), ("bounded", 16, 16, False), ("bounded", 70, 3, True)],
+)
 def test_fits_are_bitwise_the_same_with_and_without_the_compiled_kernel(
     monkeypatch, algorithm, k, d, weighted
 ):
