@@ -770,11 +770,28 @@ def _fused_pays(dtype: np.dtype, n_features: int, n_clusters: int) -> bool:
     """Whether the compiled kernel (:mod:`dkmeans.fused`) labels tiles instead of BLAS and numba.
 
     Float32 only (float64 scores are formed by columns, with no hint check),
-    and where it runs on this CPU. Not where bounds are wanted
-    (:func:`assign_with_bounds`): they come from the scores, which would then
-    differ in their last bits between CPUs with and without it.
+    where it runs on this CPU, and where it is faster. Measured per row, one
+    thread, 20k-200k rows, on the Xeon VM (2026-12-06), compiled / BLAS with
+    hints and without: d=1..16 and k=16..32: 0.21-0.81 and 0.39-0.78; (16,
+    256) 0.60, 0.53; (32, 64) 0.67, 0.73; (64, 128) 0.79, 0.79; (512, 16)
+    0.75, 0.81; (32, 8) 0.83, 0.93; but (4, 8) and (8, 8) without hints 1.59,
+    1.34 (the column orientation, :func:`_scores_by_row`, wins there), and
+    from d k = 16384 the GEMM: (64, 256) 1.11, 0.99; (128, 128) 1.26, 1.14;
+    (128, 256) 1.29, 1.19. Hence the by-row shapes up to d k = 8192. (Not
+    where bounds are wanted either, :class:`_Tiles`: bounds come from the
+    scores, which would differ in their last bits between CPUs with and
+    without it.)
     """
-    return dtype == np.float32 and fused.AVAILABLE and n_clusters <= fused.MAX_CLUSTERS
+    return (
+        dtype == np.float32
+        and fused.AVAILABLE
+        and _scores_by_row(n_features, n_clusters)
+        and n_features * n_clusters <= _FUSED_MOST_PRODUCTS
+    )
+
+
+# Beyond this many products a row (d k), BLAS's GEMM is faster than the compiled kernel.
+_FUSED_MOST_PRODUCTS = 8192
 
 
 @numba.njit(nogil=True, cache=True)

@@ -45,12 +45,12 @@ def tiles(draw):
 
 
 def _label(X, centers, hint, dtype=np.int32):
+    """The kernel on every shape (kernel.prepare hands it only those where it pays)."""
     prepared = kernel.prepare(centers, np.float32)
+    padded = fused.padded_centers(prepared.values, prepared.squared_norms)
     labels = np.full(len(X), -7, dtype=dtype)
     flagged = np.ones(len(X), dtype=bool)
-    count = fused.label(
-        X, prepared.fused, len(centers), hint, _margin(X, prepared), labels, flagged
-    )
+    count = fused.label(X, padded, len(centers), hint, _margin(X, prepared), labels, flagged)
     return count, labels, flagged
 
 
@@ -95,9 +95,9 @@ def test_exact_ties_are_left_to_the_exact_path():
 @needs_kernel
 def test_an_infinite_margin_leaves_the_tile_to_blas():
     X = np.ones((10, 3), dtype=np.float32)
-    prepared = kernel.prepare(X[:2], np.float32)
+    padded = fused.padded_centers(X[:2], np.ones(2, np.float32))
     labels, flagged = np.zeros(10, np.int8), np.zeros(10, dtype=bool)
-    assert fused.label(X, prepared.fused, 2, labels, np.inf, labels, flagged) == -1
+    assert fused.label(X, padded, 2, labels, np.inf, labels, flagged) == -1
 
 
 @needs_kernel
@@ -120,6 +120,7 @@ def test_fits_are_bitwise_the_same_with_and_without_the_compiled_kernel(
         return model, np.asarray(model.labels_)
 
     with_kernel, labels = fit()
+    assert kernel.prepare(X[:k], np.float32).fused is not None
     monkeypatch.setattr(fused, "AVAILABLE", False)
     assert kernel.prepare(X[:k], np.float32).fused is None
     without, labels_without = fit()
