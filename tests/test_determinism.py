@@ -10,7 +10,7 @@ environment changes what the hardware-dependent layers do:
 - NUMBA_CPU_NAME=generic compiles the kernels for a generic x86-64 (no AVX,
   no FMA) instead of this CPU;
 - NPY_DISABLE_CPU_FEATURES turns off NumPy's AVX2/AVX-512 loops;
-- DKMEANS_FUSED=0 turns off the compiled AVX-512 hint check (dkmeans/fused.py),
+- DKMEANS_FUSED=0 turns off the compiled AVX-512 labelling (dkmeans/fused.py),
   as on a CPU without AVX-512.
 
 Float32 and float64, in-memory and Zarr input, tie-heavy (pixels k/255) and
@@ -32,7 +32,7 @@ VARIANTS = {
     "OpenBLAS Haswell": {"OPENBLAS_CORETYPE": "Haswell"},
     "OpenBLAS Sandybridge": {"OPENBLAS_CORETYPE": "Sandybridge"},
     "OpenBLAS Nehalem": {"OPENBLAS_CORETYPE": "Nehalem"},
-    "an old CPU: OpenBLAS Prescott, numba generic, NumPy baseline, no AVX-512 check": {
+    "an old CPU: OpenBLAS Prescott, numba generic, NumPy baseline, no compiled kernel": {
         "OPENBLAS_CORETYPE": "Prescott",
         "NUMBA_CPU_NAME": "generic",
         "DKMEANS_FUSED": "0",
