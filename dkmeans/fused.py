@@ -17,12 +17,11 @@ import os
 
 import numpy as np
 
-# The largest k the kernel takes (its score buffer); larger k use BLAS.
-MAX_CLUSTERS = 256
-LANES = 16  # float32 scores per vector register
+LANES = 16  # float32 scores per vector register (the C kernel takes k <= 256)
 
 
 def _load() -> ctypes._CFuncPtr | None:
+    """The C function ``dk_label_f32``, where the library loads and this CPU runs it."""
     if os.environ.get("DKMEANS_FUSED", "1") == "0":
         return None
     try:
